@@ -1,0 +1,154 @@
+//! JSON shapes shared by several endpoints: the Job and one item's result.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use crate::model::{ItemResult, Job, JobStatus, OnError};
+use crate::store::format_time;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatusDto {
+    Queued,
+    Running,
+    /// Every item has a result (some may be item errors, counted in `failed`).
+    Completed,
+    /// `fail_fast` tripped, or the job could not run.
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErrorDto {
+    /// Record item errors and go on.
+    Continue,
+    /// The first item error fails the job; its remaining chunks never run.
+    FailFast,
+}
+
+/// A map job and its progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDto {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: uuid::Uuid,
+    pub status: JobStatusDto,
+    pub function: String,
+    #[schema(value_type = Object)]
+    pub kwargs: Box<RawValue>,
+    pub star: bool,
+    pub chunksize: u32,
+    pub timeout_s: Option<f64>,
+    pub max_attempts: u32,
+    pub on_error: OnErrorDto,
+    pub priority: i32,
+    /// Number of items.
+    pub total: u64,
+    /// Items with a result, errors included.
+    pub done: u64,
+    /// Items whose result is an error.
+    pub failed: u64,
+    #[schema(value_type = Object)]
+    pub metadata: Box<RawValue>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Why the job failed, when it did.
+    pub error: Option<String>,
+}
+
+/// One item's outcome: `value`, or `error` as `{"type","message","traceback"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResultDto {
+    pub index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ItemErrorDto>)]
+    pub error: Option<Box<RawValue>>,
+}
+
+/// An item error, shaped like a Python exception.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemErrorDto {
+    /// Exception type, e.g. `ValueError`, or `worker_exited` when the worker process died.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub traceback: Option<String>,
+}
+
+impl From<JobStatus> for JobStatusDto {
+    fn from(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Queued => Self::Queued,
+            JobStatus::Running => Self::Running,
+            JobStatus::Completed => Self::Completed,
+            JobStatus::Failed => Self::Failed,
+            JobStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<JobStatusDto> for JobStatus {
+    fn from(status: JobStatusDto) -> Self {
+        match status {
+            JobStatusDto::Queued => Self::Queued,
+            JobStatusDto::Running => Self::Running,
+            JobStatusDto::Completed => Self::Completed,
+            JobStatusDto::Failed => Self::Failed,
+            JobStatusDto::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<OnErrorDto> for OnError {
+    fn from(on_error: OnErrorDto) -> Self {
+        match on_error {
+            OnErrorDto::Continue => Self::Continue,
+            OnErrorDto::FailFast => Self::FailFast,
+        }
+    }
+}
+
+impl From<Job> for JobDto {
+    fn from(job: Job) -> Self {
+        let spec = job.spec;
+        JobDto {
+            id: job.id,
+            status: job.status.into(),
+            function: spec.function,
+            kwargs: spec.kwargs,
+            star: spec.star,
+            chunksize: spec.chunksize,
+            timeout_s: spec.timeout_s,
+            max_attempts: spec.max_attempts,
+            on_error: match spec.on_error {
+                OnError::Continue => OnErrorDto::Continue,
+                OnError::FailFast => OnErrorDto::FailFast,
+            },
+            priority: spec.priority,
+            total: job.total,
+            done: job.done,
+            failed: job.failed,
+            metadata: spec.metadata,
+            created_at: format_time(job.created_at),
+            started_at: job.started_at.map(format_time),
+            finished_at: job.finished_at.map(format_time),
+            error: job.error,
+        }
+    }
+}
+
+impl From<ItemResult> for ResultDto {
+    fn from(result: ItemResult) -> Self {
+        ResultDto {
+            index: result.index,
+            value: result.value,
+            error: result.error,
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `/healthz` (the process answers) and `/readyz` (database reachable, a worker ready).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState};
+use crate::pool::WorkerState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_health))
+        .routes(routes!(get_readiness))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    status: &'static str,
+    /// Workers that said hello and can take work (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers_ready: Option<usize>,
+}
+
+/// Liveness: the server answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn get_health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        workers_ready: None,
+    })
+}
+
+/// Readiness: the database answers and at least one worker is ready.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "Not ready; `detail` says why", body = super::Problem, content_type = "application/problem+json"),
+))]
+async fn get_readiness(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::NotReady(format!("database unreachable: {e}")))?;
+    let pool = state.pool.snapshot().await?;
+    let ready = pool
+        .workers
+        .iter()
+        .filter(|w| w.state != WorkerState::Starting)
+        .count();
+    if ready == 0 {
+        let why = pool
+            .last_error
+            .unwrap_or_else(|| "workers are starting".into());
+        return Err(ApiError::NotReady(format!("no worker is ready: {why}")));
+    }
+    Ok(Json(Health {
+        status: "ready",
+        workers_ready: Some(ready),
+    }))
+}

@@ -1,0 +1,472 @@
+//! `/v1/jobs`: submit, list, read, long-poll, cancel and delete map jobs, and page or stream
+//! their results.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::dto::{JobDto, JobStatusDto, OnErrorDto, ResultDto};
+use super::error::{Json, Query};
+use super::{ApiError, AppState, Problem};
+use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
+use crate::store::{DeleteOutcome, NewJob};
+
+/// Longest `wait` a long-poll may ask for, in seconds.
+pub const MAX_WAIT_S: f64 = 300.0;
+const DEFAULT_PAGE: u32 = 1000;
+const MAX_PAGE: u32 = 10_000;
+const MAX_ATTEMPTS: i64 = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_job))
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(delete_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(list_results))
+}
+
+/// A map job: `pool.map(function, items, chunksize)` with `functools.partial`-style kwargs.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// A function the workers advertise (GET /v1/functions).
+    function: String,
+    /// The iterable: any JSON values. With `star`, each item is an array of positional arguments.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<Box<RawValue>>,
+    /// Fixed keyword arguments, like `functools.partial`. Default `{}`.
+    #[schema(value_type = Option<Object>)]
+    kwargs: Option<Box<RawValue>>,
+    /// Each item is an array of positional arguments (`starmap`). Default false.
+    #[serde(default)]
+    star: bool,
+    /// Items per chunk sent to a worker (>= 1). Default: automatic, like `Pool.map`
+    /// (`ceil(len / (4 * workers))`, at most 1000).
+    chunksize: Option<i64>,
+    /// Per-item time limit in seconds (> 0). Stored; enforcement arrives with the reliability work.
+    timeout_s: Option<f64>,
+    /// Runs per chunk when its worker dies (1 to 100). Default 1.
+    max_attempts: Option<i64>,
+    /// Default `continue`.
+    on_error: Option<OnErrorDto>,
+    /// Higher runs first; equal priorities share the pool fairly. Default 0.
+    priority: Option<i32>,
+    /// Free-form labels, returned as given. Default `{}`.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Box<RawValue>>,
+}
+
+/// Submit a map job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob, responses(
+    (status = 201, description = "Stored; `Location` names it", body = JobDto,
+     headers(("Location" = String, description = "/v1/jobs/{id}"))),
+    (status = 400, description = "Malformed JSON or invalid fields", body = Problem, content_type = "application/problem+json"),
+    (status = 413, description = "Body or item count over the limit", body = Problem, content_type = "application/problem+json"),
+    (status = 415, body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "`unknown_function`", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "`pool_closed`, `shutting_down`, or `not_ready` (no worker has started)", body = Problem, content_type = "application/problem+json"),
+))]
+async fn create_job(
+    State(state): State<AppState>,
+    Json(mut request): Json<CreateJob>,
+) -> Result<Response, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    if !state.pool.accepting() {
+        return Err(ApiError::PoolClosed);
+    }
+    let items = std::mem::take(&mut request.items);
+    let spec = validate(&state, request, &items)?;
+    let functions = state
+        .pool
+        .functions(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
+    if !functions.iter().any(|f| f.name == spec.function) {
+        return Err(ApiError::UnknownFunction(spec.function));
+    }
+    let job = new_job(spec, items.len() as u64);
+    let chunks = group_in_chunks(&items, job.spec.chunksize as usize);
+    drop(items);
+    state
+        .store
+        .create_job(NewJob {
+            job: job.clone(),
+            chunks,
+        })
+        .await?;
+    tracing::info!(job.id = %job.id, function = %job.spec.function, total = job.total, "job accepted");
+    let location = format!("/v1/jobs/{}", job.id);
+    state.pool.job_created(job.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(JobDto::from(job)),
+    )
+        .into_response())
+}
+
+/// Check the request (its items taken out) and apply defaults.
+fn validate(
+    state: &AppState,
+    request: CreateJob,
+    items: &[Box<RawValue>],
+) -> Result<JobSpec, ApiError> {
+    let invalid = |msg: String| Err(ApiError::InvalidRequest(msg));
+    let limit = state.limits.max_items_per_job;
+    if items.len() > limit {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} items is more than the limit of {limit} per job",
+            items.len()
+        )));
+    }
+    if request.function.is_empty() {
+        return invalid("function must not be empty".into());
+    }
+    let object_or_empty = |value: Option<Box<RawValue>>, name: &str| match value {
+        None => Ok(RawValue::from_string("{}".into()).expect("valid JSON")),
+        Some(v) if v.get().starts_with('{') => Ok(v),
+        Some(v) => Err(ApiError::InvalidRequest(format!(
+            "{name} must be a JSON object, got {}",
+            v.get()
+        ))),
+    };
+    let kwargs = object_or_empty(request.kwargs, "kwargs")?;
+    let metadata = object_or_empty(request.metadata, "metadata")?;
+    if request.star
+        && let Some((i, item)) = items
+            .iter()
+            .enumerate()
+            .find(|(_, item)| !item.get().starts_with('['))
+    {
+        return invalid(format!(
+            "star is true, so every item must be an array of arguments; item {i} is {}",
+            item.get()
+        ));
+    }
+    let chunksize = match request.chunksize {
+        None => auto_chunksize(items.len(), state.pool_size),
+        Some(c) if (1..=1_000_000).contains(&c) => c as u32,
+        Some(c) => return invalid(format!("chunksize must be between 1 and 1000000, got {c}")),
+    };
+    if let Some(t) = request.timeout_s
+        && !(t.is_finite() && t > 0.0)
+    {
+        return invalid(format!(
+            "timeout_s must be a positive number of seconds, got {t}"
+        ));
+    }
+    let max_attempts = request.max_attempts.unwrap_or(1);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return invalid(format!(
+            "max_attempts must be between 1 and {MAX_ATTEMPTS}, got {max_attempts}"
+        ));
+    }
+    Ok(JobSpec {
+        function: request.function,
+        kwargs,
+        star: request.star,
+        chunksize,
+        timeout_s: request.timeout_s,
+        max_attempts: max_attempts as u32,
+        on_error: request.on_error.map_or(OnError::Continue, OnError::from),
+        priority: request.priority.unwrap_or(0),
+        metadata,
+    })
+}
+
+fn new_job(spec: JobSpec, total: u64) -> Job {
+    let now = OffsetDateTime::now_utc();
+    // An empty map is done at once, like `pool.map(f, [])`.
+    let finished = (total == 0).then_some(now);
+    Job {
+        id: Uuid::now_v7(),
+        spec,
+        status: if total == 0 {
+            JobStatus::Completed
+        } else {
+            JobStatus::Queued
+        },
+        total,
+        done: 0,
+        failed: 0,
+        error: None,
+        created_at: now,
+        started_at: finished,
+        finished_at: finished,
+    }
+}
+
+/// `[[item, …], …]`: the items as a JSON array of chunks, for the store's `json_each` insert.
+fn group_in_chunks(items: &[Box<RawValue>], chunksize: usize) -> String {
+    let bytes: usize = items.iter().map(|i| i.get().len() + 1).sum();
+    let mut out = String::with_capacity(bytes + 2 * items.len() / chunksize.max(1) + 4);
+    out.push('[');
+    for (n, chunk) in items.chunks(chunksize.max(1)).enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        for (i, item) in chunk.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(item.get());
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobsQuery {
+    /// Only jobs in this status.
+    status: Option<JobStatusDto>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct JobList {
+    jobs: Vec<JobDto>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(value_type = Option<String>)]
+    next_cursor: Option<Uuid>,
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListJobsQuery), responses(
+    (status = 200, body = JobList),
+    (status = 400, body = Problem, content_type = "application/problem+json"),
+))]
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(query): Query<ListJobsQuery>,
+) -> Result<axum::Json<JobList>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let jobs = state
+        .store
+        .list_jobs(query.status.map(Into::into), query.cursor, limit)
+        .await?;
+    let next_cursor = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(axum::Json(JobList {
+        jobs: jobs.into_iter().map(JobDto::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Long-poll: wait up to this many seconds (at most 300) for the job to finish.
+    wait: Option<f64>,
+}
+
+/// Read a job; with `wait`, long-poll until it finishes.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path), WaitQuery), responses(
+    (status = 200, body = JobDto),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<axum::Json<JobDto>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = wait_for_job(&state, id, query.wait).await?;
+    Ok(axum::Json(job.into()))
+}
+
+pub fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::JobNotFound(id.to_string()))
+}
+
+pub async fn load_job(state: &AppState, id: JobId) -> Result<Job, ApiError> {
+    state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+}
+
+/// The job, once finished or after `wait` seconds (or at shutdown), whichever comes first.
+async fn wait_for_job(state: &AppState, id: JobId, wait: Option<f64>) -> Result<Job, ApiError> {
+    let wait = match wait {
+        None => 0.0,
+        Some(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_S),
+        Some(w) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "wait must be a non-negative number of seconds, got {w}"
+            )));
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+    let mut changes = state.events.subscribe(id);
+    loop {
+        changes.borrow_and_update();
+        let job = load_job(state, id).await?;
+        if job.status.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(job);
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => return Ok(job),
+        }
+    }
+}
+
+/// Cancel a job: queued chunks never run, running ones are stopped, recorded results stay.
+/// Cancelling a finished job changes nothing and returns it as it is.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses(
+    (status = 200, body = JobDto),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<JobDto>, ApiError> {
+    let id = parse_id(&id)?;
+    load_job(&state, id).await?;
+    if state
+        .store
+        .finish_job(id, JobStatus::Cancelled, None)
+        .await?
+    {
+        tracing::info!(job.id = %id, "job cancelled");
+        state.pool.job_ended(id).await?;
+    }
+    Ok(axum::Json(load_job(&state, id).await?.into()))
+}
+
+/// Delete a finished job and its results.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "`job_not_finished`: cancel it first", body = Problem, content_type = "application/problem+json"),
+))]
+async fn delete_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    match state.store.delete_job(id).await? {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
+        DeleteOutcome::NotFinished => Err(ApiError::JobNotFinished(id)),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResultsQuery {
+    /// First item index to return (default 0).
+    offset: Option<u64>,
+    /// Page size, 1 to 10000 (default 1000). Ignored for NDJSON, which streams every result.
+    limit: Option<u32>,
+    /// First wait up to this many seconds (at most 300) for the job to finish: `Pool.map`.
+    wait: Option<f64>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ResultPage {
+    /// In index order; only items that have a result.
+    results: Vec<ResultDto>,
+    /// Pass as `offset` for the next page; null when the job is finished and nothing follows.
+    next_offset: Option<u64>,
+}
+
+/// Results in index order, paged; or every result as NDJSON with `Accept: application/x-ndjson`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", params(("id" = String, Path), ResultsQuery), responses(
+    (status = 200, body = ResultPage, content_type = "application/json"),
+    (status = 200, description = "One ResultDto per line", body = ResultDto, content_type = "application/x-ndjson"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+async fn list_results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<ResultsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let job = wait_for_job(&state, id, query.wait).await?;
+    let offset = query.offset.unwrap_or(0);
+    let wants_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    if wants_ndjson {
+        return Ok(ndjson_results(state, id, offset));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let results = state.store.results_by_index(id, offset, limit).await?;
+    let after = results.last().map_or(offset, |r| r.index + 1);
+    let more = results.len() == limit as usize || !job.status.is_finished();
+    let next_offset = more.then_some(after);
+    let results = results.into_iter().map(ResultDto::from).collect();
+    Ok(axum::Json(ResultPage {
+        results,
+        next_offset,
+    })
+    .into_response())
+}
+
+/// Stream every result from `offset` on, a page at a time: memory stays bounded.
+fn ndjson_results(state: AppState, id: JobId, offset: u64) -> Response {
+    let pages = futures::stream::unfold(Some(offset), move |from| {
+        let store = state.store.clone();
+        async move {
+            let from = from?;
+            match store.results_by_index(id, from, DEFAULT_PAGE).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = (page.len() == DEFAULT_PAGE as usize)
+                        .then(|| page.last().map(|r| r.index + 1))
+                        .flatten();
+                    let mut body = String::new();
+                    for result in page {
+                        body.push_str(
+                            &serde_json::to_string(&ResultDto::from(result))
+                                .expect("result serializes"),
+                        );
+                        body.push('\n');
+                    }
+                    Some((Ok::<_, crate::store::Error>(body), next))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(pages.map(|page| page.map_err(std::io::Error::other)));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}

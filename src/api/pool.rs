@@ -1,0 +1,143 @@
+//! `/v1/pool` (workers, close/open like `Pool.close`) and `/v1/functions`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState, Problem};
+use crate::pool::{PoolSnapshot, WorkerState};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_pool))
+        .routes(routes!(close_pool))
+        .routes(routes!(open_pool))
+        .routes(routes!(list_functions))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStateDto {
+    Starting,
+    Idle,
+    Busy,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerDto {
+    /// The slot number, stable across restarts.
+    id: usize,
+    /// The OS process id; null while no process runs in the slot.
+    pid: Option<u32>,
+    state: WorkerStateDto,
+    /// The job whose chunk it is running.
+    #[schema(value_type = Option<String>)]
+    job_id: Option<uuid::Uuid>,
+    /// Chunks finished by this slot.
+    tasks_completed: u64,
+    /// Processes of this slot that exited (crashed, stopped or replaced).
+    restarts: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolDto {
+    size: usize,
+    /// False after `POST /v1/pool/close`: new jobs get 503 `pool_closed`.
+    accepting: bool,
+    /// Chunks waiting for a worker.
+    queued_chunks: u64,
+    workers: Vec<WorkerDto>,
+    /// Why workers cannot start, if they cannot.
+    last_error: Option<String>,
+}
+
+fn pool_dto(snapshot: PoolSnapshot, accepting: bool) -> PoolDto {
+    PoolDto {
+        size: snapshot.size,
+        accepting,
+        queued_chunks: snapshot.queued_chunks,
+        workers: snapshot
+            .workers
+            .into_iter()
+            .map(|w| WorkerDto {
+                id: w.id,
+                pid: w.pid,
+                state: match w.state {
+                    WorkerState::Starting => WorkerStateDto::Starting,
+                    WorkerState::Idle => WorkerStateDto::Idle,
+                    WorkerState::Busy => WorkerStateDto::Busy,
+                },
+                job_id: w.job_id,
+                tasks_completed: w.tasks_completed,
+                restarts: w.restarts,
+            })
+            .collect(),
+        last_error: snapshot.last_error,
+    }
+}
+
+async fn current(state: &AppState) -> Result<Json<PoolDto>, ApiError> {
+    Ok(Json(pool_dto(
+        state.pool.snapshot().await?,
+        state.pool.accepting(),
+    )))
+}
+
+/// The pool's workers and queue.
+#[utoipa::path(get, path = "/v1/pool", tag = "pool", responses((status = 200, body = PoolDto)))]
+async fn get_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
+    current(&state).await
+}
+
+/// `Pool.close()`: stop accepting jobs; queued work still runs.
+#[utoipa::path(post, path = "/v1/pool/close", tag = "pool", responses((status = 200, body = PoolDto)))]
+async fn close_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
+    state.pool.set_accepting(false);
+    tracing::info!("pool closed to new jobs");
+    current(&state).await
+}
+
+/// Accept jobs again after a close.
+#[utoipa::path(post, path = "/v1/pool/open", tag = "pool", responses((status = 200, body = PoolDto)))]
+async fn open_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
+    state.pool.set_accepting(true);
+    tracing::info!("pool open to new jobs");
+    current(&state).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionDto {
+    name: String,
+    doc: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionList {
+    functions: Vec<FunctionDto>,
+}
+
+/// The functions the workers advertise.
+#[utoipa::path(get, path = "/v1/functions", tag = "pool", responses(
+    (status = 200, body = FunctionList),
+    (status = 503, description = "No worker has started yet", body = Problem, content_type = "application/problem+json"),
+))]
+async fn list_functions(State(state): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
+    let functions = state
+        .pool
+        .functions(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
+    let functions = functions
+        .iter()
+        .map(|f| FunctionDto {
+            name: f.name.clone(),
+            doc: f.doc.clone(),
+        })
+        .collect();
+    Ok(Json(FunctionList { functions }))
+}

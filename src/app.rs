@@ -1,0 +1,67 @@
+//! Wires the parts together and runs them: `run(config, listener, shutdown)`.
+//!
+//! Called by `main` (and usable from tests). Order on start: open the store (migrations), start
+//! the supervisor (which resumes unfinished jobs), serve HTTP. On shutdown (the token is
+//! cancelled): stop accepting, end streams and long-polls, let the supervisor drain running
+//! chunks within the grace period and stop every worker, then let the writer flush and close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Limits};
+use crate::config::ServeArgs;
+use crate::events::EventBus;
+use crate::pool::{self, PoolConfig};
+use crate::store::Store;
+
+pub async fn run(
+    config: ServeArgs,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let events = EventBus::default();
+    let notify = events.clone();
+    let (store, writer) = Store::open(&config.database, Box::new(move |jobs| notify.notify(jobs)))
+        .await
+        .with_context(|| format!("cannot open database {}", config.database.display()))?;
+    let pool_config = PoolConfig {
+        size: config.pool_size(),
+        command: config.worker_command()?,
+        drain_grace: config.shutdown_grace(),
+        kill_grace: config.kill_grace(),
+    };
+    tracing::info!(workers = pool_config.size, command = ?pool_config.command, "starting pool");
+    let (pool, supervisor) = pool::start(pool_config, store.clone(), shutdown.clone());
+    let state = AppState {
+        store: store.clone(),
+        pool,
+        events,
+        limits: Arc::new(Limits {
+            max_body_bytes: config.max_body_bytes,
+            max_items_per_job: config.max_items_per_job,
+        }),
+        pool_size: config.pool_size(),
+        shutdown: shutdown.clone(),
+    };
+    let server = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = server.await;
+    shutdown.cancel(); // if the server stopped on its own
+    if let Err(e) = supervisor.await {
+        tracing::error!(error = %e, "supervisor task failed");
+    }
+    store.close().await;
+    drop(store);
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!("database writer did not finish in time");
+    }
+    tracing::info!("poold stopped");
+    served.context("HTTP server failed")
+}

@@ -1,0 +1,16 @@
+//! poold: Python's `multiprocessing.Pool` as a network service.
+//!
+//! Dependencies point one way: `main -> app -> {api, pool, store, events}`. `api` is the only
+//! module that knows axum/utoipa, `store` the only one that knows sqlx, `pool` the only one
+//! that spawns processes. `model` holds the domain types they share; `protocol` the worker
+//! protocol shared by `pool` and the built-in `worker`.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod events;
+pub mod model;
+pub mod pool;
+pub mod protocol;
+pub mod store;
+pub mod worker;

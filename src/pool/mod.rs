@@ -1,0 +1,150 @@
+//! The worker pool: a supervisor actor that owns N worker processes and runs jobs' chunks on
+//! them. The only module that spawns processes.
+//!
+//! [`start`] spawns the [`supervisor`] task and returns a [`PoolHandle`], the cheap clone the
+//! API holds: it tells the supervisor about new and cancelled jobs, asks for snapshots, and
+//! reads the functions the workers advertise. Chunks come from the store, results go back to
+//! it; [`queue`] decides which job's chunk runs next; [`process`] owns one OS process.
+
+mod process;
+mod queue;
+mod supervisor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use process::WorkerCommand;
+
+use crate::model::{Job, JobId};
+use crate::protocol::FunctionInfo;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub size: usize,
+    pub command: WorkerCommand,
+    /// How long running chunks may take to finish on shutdown before workers are stopped.
+    pub drain_grace: Duration,
+    /// Between SIGTERM and SIGKILL when a worker is stopped.
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the worker pool has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Idle,
+    Busy,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: usize,
+    pub pid: Option<u32>,
+    pub state: WorkerState,
+    pub job_id: Option<JobId>,
+    pub tasks_completed: u64,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSnapshot {
+    pub size: usize,
+    pub queued_chunks: u64,
+    pub workers: Vec<WorkerInfo>,
+    /// Why workers cannot start, if they cannot (bad command, protocol mismatch).
+    pub last_error: Option<String>,
+}
+
+enum Command {
+    JobCreated(Box<Job>),
+    JobEnded(JobId),
+    Snapshot(oneshot::Sender<PoolSnapshot>),
+}
+
+#[derive(Clone)]
+pub struct PoolHandle {
+    commands: mpsc::Sender<Command>,
+    functions: watch::Receiver<Option<Arc<[FunctionInfo]>>>,
+    accepting: Arc<AtomicBool>,
+}
+
+/// Start the supervisor. It first resumes the store's unfinished jobs, then runs until
+/// `shutdown` is cancelled, drains, stops every worker and returns.
+pub fn start(
+    config: PoolConfig,
+    store: Store,
+    shutdown: CancellationToken,
+) -> (PoolHandle, tokio::task::JoinHandle<()>) {
+    let (commands, commands_rx) = mpsc::channel(1024);
+    let (functions_tx, functions) = watch::channel(None);
+    let task = tokio::spawn(supervisor::run(
+        config,
+        store,
+        commands_rx,
+        functions_tx,
+        shutdown,
+    ));
+    let handle = PoolHandle {
+        commands,
+        functions,
+        accepting: Arc::new(AtomicBool::new(true)),
+    };
+    (handle, task)
+}
+
+impl PoolHandle {
+    /// A new job was stored: schedule its chunks.
+    pub async fn job_created(&self, job: Job) -> Result<(), Error> {
+        self.commands
+            .send(Command::JobCreated(Box::new(job)))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// The job was cancelled or failed in the store: stop its running chunks, drop the rest.
+    pub async fn job_ended(&self, id: JobId) -> Result<(), Error> {
+        self.commands
+            .send(Command::JobEnded(id))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    pub async fn snapshot(&self) -> Result<PoolSnapshot, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// The functions the workers advertise, waiting up to `wait` for the first worker to say
+    /// hello. `None` when no worker has started in that time.
+    pub async fn functions(&self, wait: Duration) -> Option<Arc<[FunctionInfo]>> {
+        let mut functions = self.functions.clone();
+        let ready = tokio::time::timeout(wait, functions.wait_for(Option::is_some)).await;
+        match ready {
+            Ok(Ok(functions)) => functions.clone(),
+            _ => None,
+        }
+    }
+
+    /// `Pool.close()`: whether new jobs are accepted.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::SeqCst);
+    }
+}

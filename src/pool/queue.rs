@@ -1,0 +1,142 @@
+//! Which chunk runs next. Owned by the supervisor; no locking, no I/O but chunk fetches.
+//!
+//! Each unfinished job keeps a small window of its queued chunks in memory (fetched from the
+//! store in order, a few thousand items at most), never its whole item list. The next chunk
+//! comes from the highest-priority job with work; among equals, from the one with the fewest
+//! chunks in flight, then the fewest dispatched so far — so a 3-item job submitted behind a
+//! 100,000-item job gets the next free worker instead of waiting for the big one.
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+
+use crate::model::{Chunk, Job, JobId, JobSpec};
+use crate::store::Store;
+
+/// Items fetched per refill of a job's window (at least a few chunks).
+const WINDOW_ITEMS: u32 = 4096;
+
+/// A chunk waiting to run, with the runs it already had.
+#[derive(Debug)]
+pub struct Pending {
+    pub chunk: Chunk,
+    pub attempts: u32,
+}
+
+pub struct ActiveJob {
+    pub id: JobId,
+    pub spec: JobSpec,
+    /// Whether the store has been told the job is running.
+    pub started: bool,
+    pub in_flight: u32,
+    ready: VecDeque<Pending>,
+    last_fetched: Option<u64>,
+    unfetched: u64,
+    dispatched: u64,
+}
+
+impl ActiveJob {
+    fn has_work(&self) -> bool {
+        !self.ready.is_empty() || self.unfetched > 0
+    }
+}
+
+#[derive(Default)]
+pub struct Queue {
+    jobs: Vec<ActiveJob>,
+}
+
+impl Queue {
+    /// Schedule a job whose store has `unfetched` queued chunks.
+    pub fn add(&mut self, job: &Job, unfetched: u64) {
+        if self.get_mut(job.id).is_some() {
+            return;
+        }
+        self.jobs.push(ActiveJob {
+            id: job.id,
+            spec: job.spec.clone(),
+            started: job.status != crate::model::JobStatus::Queued,
+            in_flight: 0,
+            ready: VecDeque::new(),
+            last_fetched: None,
+            unfetched,
+            dispatched: 0,
+        });
+    }
+
+    pub fn remove(&mut self, id: JobId) -> Option<ActiveJob> {
+        let at = self.jobs.iter().position(|job| job.id == id)?;
+        Some(self.jobs.remove(at))
+    }
+
+    pub fn get_mut(&mut self, id: JobId) -> Option<&mut ActiveJob> {
+        self.jobs.iter_mut().find(|job| job.id == id)
+    }
+
+    pub fn queued_chunks(&self) -> u64 {
+        self.jobs
+            .iter()
+            .map(|job| job.ready.len() as u64 + job.unfetched)
+            .sum()
+    }
+
+    /// Put a chunk back at the front of its job's window (after its worker was stopped).
+    pub fn requeue(&mut self, id: JobId, pending: Pending) {
+        if let Some(job) = self.get_mut(id) {
+            job.ready.push_front(pending);
+        }
+    }
+
+    /// Forget a job that has nothing left to run or wait for. Returns whether it was dropped.
+    pub fn retire_if_done(&mut self, id: JobId) -> bool {
+        match self.get_mut(id) {
+            Some(job) if !job.has_work() && job.in_flight == 0 => self.remove(id).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Take the next chunk to run, refilling a job's window from the store when it is empty.
+    /// The caller counts it in flight.
+    pub async fn next(&mut self, store: &Store) -> Option<(JobId, Pending)> {
+        loop {
+            let job = self
+                .jobs
+                .iter_mut()
+                .filter(|job| job.has_work())
+                .max_by_key(|job| {
+                    (
+                        job.spec.priority,
+                        Reverse(job.in_flight),
+                        Reverse(job.dispatched),
+                    )
+                })?;
+            if job.ready.is_empty() {
+                let limit = (WINDOW_ITEMS / job.spec.chunksize.max(1)).clamp(4, 256);
+                match store.queued_chunks(job.id, job.last_fetched, limit).await {
+                    Ok(chunks) => {
+                        let fetched = chunks.len() as u64;
+                        job.unfetched = if fetched < u64::from(limit) {
+                            0
+                        } else {
+                            job.unfetched.saturating_sub(fetched).max(1)
+                        };
+                        job.last_fetched =
+                            chunks.last().map(|c| c.chunk_index).or(job.last_fetched);
+                        job.ready.extend(
+                            chunks
+                                .into_iter()
+                                .map(|chunk| Pending { chunk, attempts: 0 }),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(job.id = %job.id, error = %e, "could not fetch chunks; will retry");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            let pending = job.ready.pop_front().expect("window is not empty");
+            job.dispatched += 1;
+            return Some((job.id, pending));
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The supervisor actor: the one task that owns the worker slots and the run queue.
+//!
+//! It `select!`s over commands from [`super::PoolHandle`]s, events from worker processes
+//! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
+//! chunks in flight per worker so pipes never idle. Results go to the store's writer (which
+//! publishes after commit); a dead worker is replaced, and its running chunk is retried up to
+//! the job's `max_attempts`, then recorded as `worker_exited` item errors.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::process::{self, Event, Exit, Origin, WorkerProcess};
+use super::queue::{Pending, Queue};
+use super::{Command, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
+use crate::model::{JobId, JobStatus, OnError};
+use crate::protocol::{FunctionInfo, ItemOutcome, PROTOCOL_VERSION, PooldMessage, WorkerMessage};
+use crate::store::Store;
+
+/// Chunks in flight per worker: one running, the next already in its pipe.
+const PIPELINE: usize = 2;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+struct InFlight {
+    task_id: u64,
+    job: JobId,
+    pending: Pending,
+}
+
+#[derive(PartialEq)]
+enum SlotState {
+    /// Spawned, waiting for its hello.
+    Starting,
+    Ready,
+    /// Told to stop; its exit will be followed by a fresh spawn.
+    Stopping,
+    /// No process; respawn at the instant.
+    Down(Instant),
+}
+
+struct Slot {
+    generation: u64,
+    state: SlotState,
+    process: Option<WorkerProcess>,
+    in_flight: VecDeque<InFlight>,
+    tasks_completed: u64,
+    restarts: u64,
+    backoff: Duration,
+}
+
+struct Supervisor {
+    config: PoolConfig,
+    store: Store,
+    slots: Vec<Slot>,
+    queue: Queue,
+    events: mpsc::UnboundedSender<Event>,
+    functions: watch::Sender<Option<Arc<[FunctionInfo]>>>,
+    next_task_id: u64,
+    last_error: Option<String>,
+    draining: bool,
+}
+
+pub async fn run(
+    config: PoolConfig,
+    store: Store,
+    mut commands: mpsc::Receiver<Command>,
+    functions: watch::Sender<Option<Arc<[FunctionInfo]>>>,
+    shutdown: CancellationToken,
+) {
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let mut sup = Supervisor {
+        slots: (0..config.size)
+            .map(|_| Slot {
+                generation: 0,
+                state: SlotState::Down(Instant::now()),
+                process: None,
+                in_flight: VecDeque::new(),
+                tasks_completed: 0,
+                restarts: 0,
+                backoff: MIN_BACKOFF,
+            })
+            .collect(),
+        config,
+        store,
+        queue: Queue::default(),
+        events,
+        functions,
+        next_task_id: 0,
+        last_error: None,
+        draining: false,
+    };
+    sup.resume_unfinished_jobs().await;
+    for slot in 0..sup.slots.len() {
+        sup.spawn(slot);
+    }
+
+    let far = || Instant::now() + Duration::from_secs(3600);
+    let mut drain_deadline = far();
+    loop {
+        let next_restart = sup.next_restart().unwrap_or_else(far);
+        tokio::select! {
+            _ = shutdown.cancelled(), if !sup.draining => {
+                tracing::info!(in_flight = sup.in_flight(), "pool draining");
+                sup.draining = true;
+                drain_deadline = Instant::now() + sup.config.drain_grace;
+            }
+            Some(command) = commands.recv() => sup.handle_command(command).await,
+            Some(event) = events_rx.recv() => sup.handle_event(event).await,
+            _ = tokio::time::sleep_until(next_restart) => sup.restart_due(),
+            _ = tokio::time::sleep_until(drain_deadline), if sup.draining => break,
+        }
+        if sup.draining {
+            if sup.in_flight() == 0 {
+                break;
+            }
+        } else {
+            sup.dispatch().await;
+        }
+    }
+    sup.stop_all(&mut events_rx).await;
+}
+
+impl Supervisor {
+    async fn resume_unfinished_jobs(&mut self) {
+        let jobs = match self.store.unfinished_jobs().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "could not load unfinished jobs");
+                return;
+            }
+        };
+        for job in jobs {
+            match self.store.count_queued_chunks(job.id).await {
+                Ok(queued) => {
+                    tracing::info!(job.id = %job.id, queued_chunks = queued, "resuming job");
+                    self.queue.add(&job, queued);
+                }
+                Err(e) => tracing::error!(job.id = %job.id, error = %e, "could not resume job"),
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().map(|s| s.in_flight.len()).sum()
+    }
+
+    fn next_restart(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.state {
+                SlotState::Down(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn restart_due(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            if matches!(self.slots[slot].state, SlotState::Down(at) if at <= now) && !self.draining
+            {
+                self.spawn(slot);
+            }
+        }
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.generation += 1;
+        let origin = Origin {
+            slot: index,
+            generation: slot.generation,
+        };
+        match process::spawn(
+            &self.config.command,
+            origin,
+            self.events.clone(),
+            self.config.kill_grace,
+        ) {
+            Ok(process) => {
+                tracing::debug!(worker = index, pid = process.pid, "worker spawned");
+                slot.process = Some(process);
+                slot.state = SlotState::Starting;
+            }
+            Err(e) => {
+                let error = format!(
+                    "cannot start worker command {:?}: {e}",
+                    self.config.command.program
+                );
+                tracing::error!(worker = index, "{error}");
+                self.last_error = Some(error);
+                slot.state = SlotState::Down(Instant::now() + slot.backoff);
+                slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::JobCreated(job) => {
+                if !job.status.is_finished() {
+                    let chunks = job.total.div_ceil(u64::from(job.spec.chunksize));
+                    self.queue.add(&job, chunks);
+                }
+            }
+            Command::JobEnded(id) => self.drop_job(id),
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    /// The job ended in the store (cancelled, failed): forget it and stop its running chunks.
+    fn drop_job(&mut self, id: JobId) {
+        self.queue.remove(id);
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].in_flight.iter().any(|f| f.job == id) {
+                self.stop_slot(slot);
+            }
+        }
+    }
+
+    /// Stop a worker on purpose; its other jobs' chunks go back to their queues.
+    fn stop_slot(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if let Some(process) = slot.process.as_mut() {
+            process.stop();
+        }
+        slot.state = SlotState::Stopping;
+        for flight in slot.in_flight.drain(..) {
+            if let Some(job) = self.queue.get_mut(flight.job) {
+                job.in_flight -= 1;
+                self.queue.requeue(flight.job, flight.pending);
+            }
+        }
+    }
+
+    async fn handle_event(&mut self, event: Event) {
+        let origin = match &event {
+            Event::Message(origin, _) | Event::Exited(origin, _) => *origin,
+        };
+        if self.slots[origin.slot].generation != origin.generation {
+            return; // about a process this slot already replaced
+        }
+        match event {
+            Event::Message(
+                _,
+                WorkerMessage::Hello {
+                    protocol,
+                    pid,
+                    functions,
+                },
+            ) => self.on_hello(origin.slot, protocol, pid, functions),
+            Event::Message(_, WorkerMessage::Result { id, results }) => {
+                self.on_result(origin.slot, id, results)
+            }
+            Event::Exited(_, exit) => self.on_exit(origin.slot, exit),
+        }
+    }
+
+    fn on_hello(&mut self, index: usize, protocol: u32, pid: u32, functions: Vec<FunctionInfo>) {
+        if protocol != PROTOCOL_VERSION {
+            let error = format!(
+                "worker command {:?} speaks protocol version {protocol}, poold speaks {PROTOCOL_VERSION}",
+                self.config.command.program
+            );
+            tracing::error!(worker = index, pid, "{error}");
+            self.last_error = Some(error);
+            self.stop_slot(index);
+            return;
+        }
+        tracing::info!(
+            worker = index,
+            pid,
+            functions = functions.len(),
+            "worker ready"
+        );
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Ready;
+        slot.backoff = MIN_BACKOFF;
+        self.last_error = None;
+        let functions: Arc<[FunctionInfo]> = functions.into();
+        self.functions.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(&functions[..]);
+            if changed {
+                *current = Some(functions);
+            }
+            changed
+        });
+    }
+
+    fn on_result(&mut self, index: usize, task_id: u64, results: Vec<ItemOutcome>) {
+        let slot = &mut self.slots[index];
+        let Some(flight) = slot.in_flight.front() else {
+            tracing::error!(
+                worker = index,
+                task_id,
+                "result for no task; stopping worker"
+            );
+            return self.stop_slot(index);
+        };
+        if flight.task_id != task_id || results.len() as u64 != flight.pending.chunk.size {
+            tracing::error!(
+                worker = index,
+                task_id,
+                expected = flight.task_id,
+                items = results.len(),
+                "result does not match the task sent; stopping worker"
+            );
+            return self.stop_slot(index);
+        }
+        let flight = slot.in_flight.pop_front().expect("checked above");
+        slot.tasks_completed += 1;
+        let Some(job) = self.queue.get_mut(flight.job) else {
+            return; // the job ended meanwhile
+        };
+        job.in_flight -= 1;
+        let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
+        let first_error = results
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.error.as_ref().map(|e| (i, e.clone())));
+        let outcomes = serde_json::to_string(&results).expect("outcomes serialize");
+        self.store
+            .record_chunk(flight.job, &flight.pending.chunk, outcomes, failed);
+        let fail_fast = job.spec.on_error == OnError::FailFast;
+        if let (true, Some((i, error))) = (fail_fast, first_error) {
+            let index = flight.pending.chunk.start_index + i as u64;
+            let message = format!(
+                "item {index} failed ({}: {}); on_error is fail_fast",
+                error.kind, error.message
+            );
+            self.store
+                .finish_job_later(flight.job, JobStatus::Failed, Some(message));
+            self.drop_job(flight.job);
+        } else {
+            self.queue.retire_if_done(flight.job);
+        }
+    }
+
+    fn on_exit(&mut self, index: usize, exit: Exit) {
+        let slot = &mut self.slots[index];
+        let pid = slot.process.take().map(|p| p.pid);
+        let expected = slot.state == SlotState::Stopping || self.draining;
+        let died_starting = slot.state == SlotState::Starting;
+        let mut flights = std::mem::take(&mut slot.in_flight);
+        if expected {
+            tracing::info!(worker = index, pid, how = %exit.how, "worker stopped");
+        } else {
+            tracing::warn!(worker = index, pid, how = %exit.how, stderr = %exit.stderr_tail, "worker exited");
+        }
+        slot.restarts += 1;
+        if died_starting && !expected {
+            self.last_error = Some(format!(
+                "worker exited before its hello ({}): {}",
+                exit.how, exit.stderr_tail
+            ));
+            slot.state = SlotState::Down(Instant::now() + slot.backoff);
+            slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+        } else {
+            slot.state = SlotState::Down(Instant::now());
+        }
+        // The chunk it was running is the suspect; the ones queued behind it are innocent.
+        if !expected && let Some(culprit) = flights.pop_front() {
+            self.chunk_crashed(culprit, &exit);
+        }
+        for flight in flights {
+            if let Some(job) = self.queue.get_mut(flight.job) {
+                job.in_flight -= 1;
+                self.queue.requeue(flight.job, flight.pending);
+            }
+        }
+        if !self.draining {
+            self.restart_due();
+        }
+    }
+
+    /// A worker died running this chunk: retry it, or record its items as `worker_exited`.
+    fn chunk_crashed(&mut self, mut flight: InFlight, exit: &Exit) {
+        let Some(job) = self.queue.get_mut(flight.job) else {
+            return;
+        };
+        job.in_flight -= 1;
+        flight.pending.attempts += 1;
+        if flight.pending.attempts < job.spec.max_attempts {
+            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, attempts = flight.pending.attempts, "retrying chunk");
+            self.queue.requeue(flight.job, flight.pending);
+            return;
+        }
+        let mut message = format!(
+            "the worker process exited ({}) while running this item's chunk",
+            exit.how
+        );
+        if !exit.stderr_tail.is_empty() {
+            message.push_str("; its stderr ended with:\n");
+            message.push_str(&exit.stderr_tail);
+        }
+        let error =
+            json!({"error": {"type": "worker_exited", "message": message, "traceback": null}});
+        let size = flight.pending.chunk.size as usize;
+        let outcomes = serde_json::to_string(&vec![error; size]).expect("outcomes serialize");
+        let fail_fast = job.spec.on_error == OnError::FailFast;
+        self.store
+            .record_chunk(flight.job, &flight.pending.chunk, outcomes, size as u64);
+        if fail_fast {
+            let message = format!(
+                "item {} failed (worker_exited); on_error is fail_fast",
+                flight.pending.chunk.start_index
+            );
+            self.store
+                .finish_job_later(flight.job, JobStatus::Failed, Some(message));
+            self.drop_job(flight.job);
+        } else {
+            self.queue.retire_if_done(flight.job);
+        }
+    }
+
+    /// Fill every ready worker's pipeline from the queue.
+    async fn dispatch(&mut self) {
+        loop {
+            let free = (0..self.slots.len())
+                .filter(|&i| {
+                    self.slots[i].state == SlotState::Ready
+                        && self.slots[i].in_flight.len() < PIPELINE
+                })
+                .min_by_key(|&i| self.slots[i].in_flight.len());
+            let Some(index) = free else { return };
+            let Some((job_id, pending)) = self.queue.next(&self.store).await else {
+                return;
+            };
+            let job = self
+                .queue
+                .get_mut(job_id)
+                .expect("next() returns a queued job");
+            if !job.started {
+                job.started = true;
+                self.store.mark_started(job_id);
+            }
+            job.in_flight += 1;
+            self.next_task_id += 1;
+            let task_id = self.next_task_id;
+            let message = PooldMessage::Task {
+                id: task_id,
+                function: &job.spec.function,
+                kwargs: &job.spec.kwargs,
+                star: job.spec.star,
+                items: &pending.chunk.items,
+            };
+            let mut line = serde_json::to_string(&message).expect("task serializes");
+            line.push('\n');
+            let slot = &mut self.slots[index];
+            let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
+            slot.in_flight.push_back(InFlight {
+                task_id,
+                job: job_id,
+                pending,
+            });
+            if !sent {
+                // Its stdin is closed: it is exiting, and on_exit will requeue the chunk.
+                slot.state = SlotState::Stopping;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> PoolSnapshot {
+        let workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(id, slot)| WorkerInfo {
+                id,
+                pid: slot.process.as_ref().map(|p| p.pid),
+                state: match (&slot.state, slot.in_flight.front()) {
+                    (SlotState::Ready, None) => WorkerState::Idle,
+                    (SlotState::Ready, Some(_)) => WorkerState::Busy,
+                    _ => WorkerState::Starting,
+                },
+                job_id: slot.in_flight.front().map(|f| f.job),
+                tasks_completed: slot.tasks_completed,
+                restarts: slot.restarts,
+            })
+            .collect();
+        PoolSnapshot {
+            size: self.slots.len(),
+            queued_chunks: self.queue.queued_chunks(),
+            workers,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Stop every worker and wait (bounded) until each one has been reaped.
+    async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        self.draining = true;
+        let mut alive = 0;
+        for slot in &mut self.slots {
+            if let Some(process) = slot.process.as_mut() {
+                process.stop();
+                alive += 1;
+            }
+        }
+        let deadline = Instant::now() + self.config.kill_grace + Duration::from_secs(2);
+        while alive > 0 {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Event::Exited(origin, _)))
+                    if self.slots[origin.slot].generation == origin.generation =>
+                {
+                    self.slots[origin.slot].process = None;
+                    alive -= 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if alive > 0 {
+            tracing::error!(alive, "some workers did not exit in time");
+        }
+        tracing::info!("all workers stopped");
+    }
+}

@@ -1,0 +1,268 @@
+//! SQLite storage of jobs, chunks and results: the only module that knows sqlx.
+//!
+//! [`Store`] is a cheap clone handed to the API (reads, job creation, cancel, delete) and to
+//! the supervisor (chunk fetches, result recording). Reads go to a pool of read-only
+//! connections; every write goes through the single writer task in [`writer`], which batches
+//! them into one transaction (group commit) and tells the `on_commit` hook which jobs changed
+//! only after the commit: persist first, publish second.
+
+mod rows;
+mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+use time::OffsetDateTime;
+
+use crate::model::{Chunk, ItemResult, Job, JobId, JobStatus};
+pub use rows::format_time;
+use rows::{ChunkRow, JobRow, ResultRow};
+pub use writer::{DeleteOutcome, NewJob};
+use writer::{Op, Outcome, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("the write batch failed to commit: {0}")]
+    Commit(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Called after each commit with the jobs whose stored state changed.
+pub type CommitHook = Box<dyn Fn(&[JobId]) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Store {
+    reader: SqlitePool,
+    writer: Writer,
+}
+
+impl Store {
+    /// Open (creating if needed) the database file, apply migrations and start the writer.
+    pub async fn open(
+        path: &Path,
+        on_commit: CommitHook,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .disable_statement_logging();
+        let mut conn = options.connect().await?;
+        sqlx::migrate!("./migrations").run(&mut conn).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (writer, task) = Writer::start(conn, on_commit);
+        Ok((Self { reader, writer }, task))
+    }
+
+    /// Close the reader pool; the writer stops once every `Store` clone is dropped.
+    pub async fn close(&self) {
+        self.reader.close().await;
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.reader.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    // ---- writes (through the writer task) ----
+
+    pub async fn create_job(&self, job: NewJob) -> Result<()> {
+        self.writer
+            .call(Op::CreateJob(Box::new(job)))
+            .await
+            .map(drop)
+    }
+
+    /// Move a queued job to running. Fire-and-forget: ordered before later writes.
+    pub fn mark_started(&self, id: JobId) {
+        self.writer.send(Op::MarkStarted { id, at: now() });
+    }
+
+    /// Record a chunk's outcomes (a JSON array of `{"value"}`/`{"error"}`), unless the chunk
+    /// is already recorded or cancelled. Fire-and-forget: ordered before later writes.
+    pub fn record_chunk(&self, id: JobId, chunk: &Chunk, outcomes: String, failed: u64) {
+        self.writer.send(Op::RecordChunk {
+            id,
+            chunk_index: chunk.chunk_index,
+            start_index: chunk.start_index,
+            size: chunk.size,
+            outcomes,
+            failed,
+            at: now(),
+        });
+    }
+
+    /// End an unfinished job as failed or cancelled and drop its queued chunks.
+    /// Returns false when the job was already finished (or does not exist).
+    pub async fn finish_job(
+        &self,
+        id: JobId,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<bool> {
+        match self
+            .writer
+            .call(Op::FinishJob {
+                id,
+                status,
+                error,
+                at: now(),
+            })
+            .await?
+        {
+            Outcome::Changed(changed) => Ok(changed),
+            other => unreachable!("finish_job answered {other:?}"),
+        }
+    }
+
+    pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
+        match self.writer.call(Op::DeleteJob { id }).await? {
+            Outcome::Deleted(outcome) => Ok(outcome),
+            other => unreachable!("delete_job answered {other:?}"),
+        }
+    }
+
+    // ---- reads ----
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let row: Option<JobRow> = sqlx::query_as("select * from jobs where id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    /// Newest first; `before` is the id of the last job of the previous page.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(
+            "select * from jobs
+             where (?1 is null or status = ?1) and (?2 is null or id < ?2)
+             order by id desc limit ?3",
+        )
+        .bind(status.map(JobStatus::as_str))
+        .bind(before.map(|id| id.to_string()))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Jobs the supervisor must run: queued or running, highest priority first.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(
+            "select * from jobs where status in ('queued', 'running') order by priority desc, id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Up to `limit` queued chunks of a job with index above `after`, in order.
+    pub async fn queued_chunks(
+        &self,
+        id: JobId,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Chunk>> {
+        let rows: Vec<ChunkRow> = sqlx::query_as(
+            "select chunk_index, start_index, size, items from chunks
+             where job_id = ?1 and status = 'queued' and chunk_index > ?2
+             order by chunk_index limit ?3",
+        )
+        .bind(id.to_string())
+        .bind(after.map_or(-1, |a| a as i64))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(Chunk::try_from).collect()
+    }
+
+    pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
+        let (count,): (i64,) =
+            sqlx::query_as("select count(*) from chunks where job_id = ?1 and status = 'queued'")
+                .bind(id.to_string())
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(count as u64)
+    }
+
+    /// Results with index >= `from`, in index order.
+    pub async fn results_by_index(
+        &self,
+        id: JobId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>> {
+        let rows: Vec<ResultRow> = sqlx::query_as(
+            "select item_index, value, error from results
+             where job_id = ?1 and item_index >= ?2 order by item_index limit ?3",
+        )
+        .bind(id.to_string())
+        .bind(from as i64)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(ItemResult::try_from).collect()
+    }
+
+    /// Results in the order they were recorded, skipping the first `skip`.
+    pub async fn results_by_completion(
+        &self,
+        id: JobId,
+        skip: u64,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>> {
+        let rows: Vec<ResultRow> = sqlx::query_as(
+            "select item_index, value, error from results
+             where job_id = ?1 order by rowid limit ?3 offset ?2",
+        )
+        .bind(id.to_string())
+        .bind(skip as i64)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(ItemResult::try_from).collect()
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Store {
+    /// Like [`Store::finish_job`] without waiting; ordered after writes already sent.
+    pub fn finish_job_later(&self, id: JobId, status: JobStatus, error: Option<String>) {
+        self.writer.send(Op::FinishJob {
+            id,
+            status,
+            error,
+            at: now(),
+        });
+    }
+}

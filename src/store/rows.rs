@@ -1,0 +1,112 @@
+//! Row structs as SQLite returns them, converted to domain types at the store's boundary.
+
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Error;
+use crate::model::{Chunk, ItemResult, Job, JobSpec};
+
+#[derive(sqlx::FromRow)]
+pub struct JobRow {
+    id: String,
+    function: String,
+    kwargs: String,
+    star: bool,
+    chunksize: i64,
+    timeout_s: Option<f64>,
+    max_attempts: i64,
+    on_error: String,
+    priority: i64,
+    metadata: String,
+    status: String,
+    total: i64,
+    done: i64,
+    failed: i64,
+    error: Option<String>,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ChunkRow {
+    chunk_index: i64,
+    start_index: i64,
+    size: i64,
+    items: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ResultRow {
+    item_index: i64,
+    value: Option<String>,
+    error: Option<String>,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(what.to_string())
+}
+
+fn json(text: String) -> Result<Box<RawValue>, Error> {
+    RawValue::from_string(text).map_err(corrupt)
+}
+
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("a UTC time formats as RFC 3339")
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(corrupt)
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Error;
+    fn try_from(row: JobRow) -> Result<Self, Error> {
+        Ok(Job {
+            id: row.id.parse().map_err(corrupt)?,
+            spec: JobSpec {
+                function: row.function,
+                kwargs: json(row.kwargs)?,
+                star: row.star,
+                chunksize: row.chunksize as u32,
+                timeout_s: row.timeout_s,
+                max_attempts: row.max_attempts as u32,
+                on_error: row.on_error.parse().map_err(corrupt)?,
+                priority: row.priority as i32,
+                metadata: json(row.metadata)?,
+            },
+            status: row.status.parse().map_err(corrupt)?,
+            total: row.total as u64,
+            done: row.done as u64,
+            failed: row.failed as u64,
+            error: row.error,
+            created_at: parse_time(&row.created_at)?,
+            started_at: row.started_at.as_deref().map(parse_time).transpose()?,
+            finished_at: row.finished_at.as_deref().map(parse_time).transpose()?,
+        })
+    }
+}
+
+impl TryFrom<ChunkRow> for Chunk {
+    type Error = Error;
+    fn try_from(row: ChunkRow) -> Result<Self, Error> {
+        Ok(Chunk {
+            chunk_index: row.chunk_index as u64,
+            start_index: row.start_index as u64,
+            size: row.size as u64,
+            items: json(row.items)?,
+        })
+    }
+}
+
+impl TryFrom<ResultRow> for ItemResult {
+    type Error = Error;
+    fn try_from(row: ResultRow) -> Result<Self, Error> {
+        Ok(ItemResult {
+            index: row.item_index as u64,
+            value: row.value.map(json).transpose()?,
+            error: row.error.map(json).transpose()?,
+        })
+    }
+}
