@@ -1,0 +1,342 @@
+//! Test fixture: starts the real `poold` binary on a free loopback port with a temporary
+//! SQLite file and real worker processes, and talks to it over HTTP. One method per endpoint.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_poold");
+
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub child: Child,
+    pub db: PathBuf,
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Start poold with extra `serve` arguments (2 workers unless they say otherwise).
+    pub async fn spawn_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("poold.db");
+        let mut app = Self::start(&db, args).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// Start poold on an existing database file (to test restarts).
+    pub async fn start(db: &Path, args: &[&str]) -> Self {
+        let log = db.with_extension(format!("{}.log", uuid_like()));
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--database"])
+            .arg(db);
+        if !args.contains(&"--workers") {
+            command.args(["--workers", "2"]);
+        }
+        let mut child = command
+            .args(args)
+            .env("POOLD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start poold");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("poold listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        let app = TestApp {
+            url,
+            client: reqwest::Client::new(),
+            child,
+            db: db.to_path_buf(),
+            log,
+            _dir: None,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "poold not ready in time; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn post_job(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/jobs", self.url))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
+    /// Submit a job and return its id, asserting 201.
+    pub async fn submit(&self, body: Value) -> String {
+        let response = self.post_job(&body).await;
+        let status = response.status();
+        let job: Value = response.json().await.expect("job JSON");
+        assert_eq!(status, 201, "submit {body}: {job}");
+        job["id"].as_str().expect("job id").to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("job JSON")
+    }
+
+    /// Long-poll until the job is finished (bounded).
+    pub async fn wait_job(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job: Value = self
+                .get(&format!("/v1/jobs/{id}?wait=10"))
+                .await
+                .json()
+                .await
+                .expect("job JSON");
+            if ["completed", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+            {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+        }
+    }
+
+    /// Every result of a job, following `next_offset` pages.
+    pub async fn results(&self, id: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page: Value = self
+                .get(&format!("/v1/jobs/{id}/results?offset={offset}"))
+                .await
+                .json()
+                .await
+                .expect("page");
+            let results = page["results"].as_array().expect("results array");
+            all.extend(results.iter().cloned());
+            match page["next_offset"].as_u64() {
+                Some(next) if !results.is_empty() => offset = next,
+                _ => return all,
+            }
+        }
+    }
+
+    /// Read an SSE stream to its end (bounded by a deadline).
+    pub async fn events(&self, id: &str, query: &str, last_event_id: Option<u64>) -> Vec<SseEvent> {
+        let mut request = self
+            .client
+            .get(format!("{}/v1/jobs/{id}/events{query}", self.url));
+        if let Some(k) = last_event_id {
+            request = request.header("Last-Event-ID", k.to_string());
+        }
+        let response = request.send().await.expect("GET events");
+        assert_eq!(response.status(), 200);
+        let mut body = String::new();
+        let mut stream = response.bytes_stream();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                body.push_str(std::str::from_utf8(&chunk.expect("stream chunk")).expect("utf-8"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), read)
+            .await
+            .expect("event stream ended in time");
+        parse_sse(&body)
+    }
+
+    pub async fn pool(&self) -> Value {
+        self.get("/v1/pool").await.json().await.expect("pool JSON")
+    }
+
+    pub async fn worker_pids(&self) -> Vec<u32> {
+        let pool = self.pool().await;
+        pool["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .filter_map(|w| w["pid"].as_u64())
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Wait for a condition on the pool, with a deadline.
+    pub async fn wait_pool(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pool = self.pool().await;
+            if ok(&pool) {
+                return pool;
+            }
+            assert!(Instant::now() < deadline, "pool never got {what}: {pool}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Send SIGTERM and wait for the process to exit (bounded).
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    pub fn kill9(&mut self) -> ExitStatus {
+        signal(self.child.id(), "KILL");
+        self.wait_exit(Duration::from_secs(5))
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "poold did not exit in time; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Alive and not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Wait until none of these pids is alive (bounded); returns the ones still alive.
+pub async fn wait_dead(pids: &[u32], limit: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let (mut event, mut id, mut data) = (None, None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            let event = event?;
+            Some(SseEvent {
+                event,
+                id,
+                data: serde_json::from_str(&data).unwrap_or(json!(null)),
+            })
+        })
+        .collect()
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}

@@ -1,0 +1,673 @@
+//! Map jobs end to end against the real binary: results, ordering, SSE, calling conventions,
+//! item errors, cancel, delete, pool close/open, and bad input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestApp, pid_alive, wait_dead};
+use serde_json::{Value, json};
+
+fn assert_indices_in_order(results: &[Value], expected: std::ops::Range<u64>) {
+    let indices: Vec<u64> = results
+        .iter()
+        .map(|r| r["index"].as_u64().expect("index"))
+        .collect();
+    assert_eq!(indices, expected.collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn square_over_1000_items_in_order_from_results_and_events() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(
+            json!({"function": "square", "items": (0..1000).collect::<Vec<_>>(), "chunksize": 7}),
+        )
+        .await;
+    let events = app.events(&id, "", None).await;
+
+    let results: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "result")
+        .map(|e| e.data.clone())
+        .collect();
+    assert_indices_in_order(&results, 0..1000);
+    for (event, result) in events.iter().filter(|e| e.event == "result").zip(&results) {
+        assert_eq!(
+            event.id.as_deref(),
+            Some(result["index"].to_string().as_str())
+        );
+        let i = result["index"].as_i64().unwrap();
+        assert_eq!(result["value"], json!(i * i));
+    }
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| &e.data)
+        .collect();
+    assert!(!progress.is_empty());
+    for pair in progress.windows(2) {
+        assert!(
+            pair[1]["done"].as_u64() >= pair[0]["done"].as_u64(),
+            "progress went back: {pair:?}"
+        );
+    }
+    let last = progress.last().unwrap();
+    assert_eq!(
+        (last["done"].as_u64(), last["total"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    let end = events.last().expect("events");
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["status"], "completed");
+    assert_eq!(end.data["chunksize"], 7);
+
+    let results = app.results(&id).await;
+    assert_indices_in_order(&results, 0..1000);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["value"] == json!(r["index"].as_i64().unwrap().pow(2)))
+    );
+    let job = app.job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(1000), Some(0))
+    );
+    assert!(job["started_at"].is_string() && job["finished_at"].is_string());
+}
+
+#[tokio::test]
+async fn kwargs_like_partial_and_star_like_starmap() {
+    let app = TestApp::spawn().await;
+    let pow = app
+        .submit(json!({"function": "pow", "items": [1, 2, 3], "kwargs": {"exp": 3}}))
+        .await;
+    let add = app
+        .submit(json!({"function": "add", "items": [[1, 2], [10, 20], ["a", "b"]], "star": true}))
+        .await;
+    app.wait_job(&pow).await;
+    app.wait_job(&add).await;
+    let values = |results: Vec<Value>| {
+        results
+            .into_iter()
+            .map(|r| r["value"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        values(app.results(&pow).await),
+        vec![json!(1), json!(8), json!(27)]
+    );
+    assert_eq!(
+        values(app.results(&add).await),
+        vec![json!(3), json!(30), json!("ab")]
+    );
+    let job = app.job(&pow).await;
+    assert_eq!(job["kwargs"], json!({"exp": 3}));
+}
+
+#[tokio::test]
+async fn item_errors_under_continue_complete_the_job() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(json!({"function": "fail", "items": ["boom"], "metadata": {"team": "x"}}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(1), Some(1))
+    );
+    assert_eq!(job["metadata"], json!({"team": "x"}));
+    let results = app.results(&id).await;
+    assert_eq!(results[0]["error"]["type"], "ValueError");
+    assert_eq!(results[0]["error"]["message"], "boom");
+
+    // Wrong argument types are item errors; the other items still succeed.
+    let id = app
+        .submit(json!({"function": "square", "items": [2, "x", 4], "chunksize": 3}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failed"].as_u64()),
+        (Some("completed"), Some(1))
+    );
+    let results = app.results(&id).await;
+    assert_eq!(
+        (results[0]["value"].as_i64(), results[2]["value"].as_i64()),
+        (Some(4), Some(16))
+    );
+    assert_eq!(results[1]["error"]["type"], "TypeError");
+}
+
+#[tokio::test]
+async fn fail_fast_fails_the_job_and_skips_remaining_chunks() {
+    let app = TestApp::spawn().await;
+    let items: Vec<String> = (0..200).map(|i| format!("bad {i}")).collect();
+    let id = app
+        .submit(
+            json!({"function": "fail", "items": items, "chunksize": 1, "on_error": "fail_fast"}),
+        )
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("fail_fast"),
+        "{job}"
+    );
+    let done = job["done"].as_u64().unwrap();
+    assert!(
+        (1..=10).contains(&done),
+        "remaining chunks must not run, but {done} of 200 items ran"
+    );
+    assert_eq!(app.results(&id).await.len() as u64, done);
+    // The pool still works.
+    let next = app
+        .submit(json!({"function": "square", "items": [3]}))
+        .await;
+    assert_eq!(app.wait_job(&next).await["status"], "completed");
+}
+
+#[tokio::test]
+async fn bad_requests_are_problem_documents() {
+    let app = TestApp::spawn_with(&["--max-body-bytes", "2000"]).await;
+    let post_raw = |body: &'static str| {
+        app.client
+            .post(format!("{}/v1/jobs", app.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (
+            post_raw(r#"{"function": "nope", "items": [1]}"#)
+                .await
+                .unwrap(),
+            422,
+            "unknown_function",
+        ),
+        (
+            post_raw(r#"{"function": "square", "items": [1"#)
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_raw(r#"{"function": "square", "items": 5}"#)
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_raw(r#"{"function": "square", "items": [1], "chunksize": -1}"#)
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_raw(r#"{"function": "add", "items": [1], "star": true}"#)
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            post_raw(r#"{"function": "square", "items": [1], "chunk_size": 2}"#)
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            app.post_job(&json!({"function": "square", "items": vec![12345; 1000]}))
+                .await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.get("/v1/jobs/0190a4b2-0000-7000-8000-000000000000")
+                .await,
+            404,
+            "job_not_found",
+        ),
+        (
+            app.get("/v1/jobs/not-an-id/results").await,
+            404,
+            "job_not_found",
+        ),
+        (app.get("/v1/jobs?limit=0").await, 400, "invalid_request"),
+        (app.get("/v1/nowhere").await, 404, "not_found"),
+        (
+            app.client
+                .put(format!("{}/v1/pool", app.url))
+                .send()
+                .await
+                .unwrap(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.client
+                .post(format!("{}/v1/jobs", app.url))
+                .body("{}")
+                .send()
+                .await
+                .unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (response, status, code) in cases {
+        assert_eq!(response.status(), status, "expected {code}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], code, "{problem}");
+        assert_eq!(problem["status"], status);
+        assert!(
+            problem["title"].is_string()
+                && problem["detail"].is_string()
+                && problem["type"].is_string()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_without_gap_or_duplicate() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(
+            json!({"function": "echo", "items": (0..1000).collect::<Vec<_>>(), "chunksize": 13}),
+        )
+        .await;
+    let events = app.events(&id, "", Some(499)).await;
+    let results: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "result")
+        .map(|e| e.data.clone())
+        .collect();
+    assert_indices_in_order(&results, 500..1000);
+    let events = app.events(&id, "?after=997", None).await;
+    let results: Vec<Value> = events
+        .iter()
+        .filter(|e| e.event == "result")
+        .map(|e| e.data.clone())
+        .collect();
+    assert_indices_in_order(&results, 998..1000);
+}
+
+#[tokio::test]
+async fn completion_order_and_progress_only_streams() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(
+            json!({"function": "square", "items": (0..300).collect::<Vec<_>>(), "chunksize": 10}),
+        )
+        .await;
+    let events = app.events(&id, "?order=completion", None).await;
+    let results: Vec<&common::SseEvent> = events.iter().filter(|e| e.event == "result").collect();
+    let mut indices: Vec<u64> = results
+        .iter()
+        .map(|e| e.data["index"].as_u64().unwrap())
+        .collect();
+    let ids: Vec<String> = results.iter().map(|e| e.id.clone().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (0..300).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "completion ids count up"
+    );
+    indices.sort();
+    assert_eq!(indices, (0..300).collect::<Vec<_>>());
+    // Resume in completion order: exactly the rest.
+    let rest = app.events(&id, "?order=completion&after=249", None).await;
+    assert_eq!(rest.iter().filter(|e| e.event == "result").count(), 50);
+
+    let events = app.events(&id, "?results=false", None).await;
+    assert!(events.iter().all(|e| e.event != "result"));
+    assert_eq!(events.last().unwrap().event, "end");
+    assert_eq!(events.iter().rev().nth(1).unwrap().data["done"], 300);
+}
+
+#[tokio::test]
+async fn cancel_stops_running_workers_and_the_pool_goes_on() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit(json!({"function": "sleep", "items": vec![30; 20], "chunksize": 1}))
+        .await;
+    let pool = app
+        .wait_pool("two busy workers", |p| {
+            p["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["state"] == "busy")
+        })
+        .await;
+    let busy: Vec<u32> = pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+
+    let started = Instant::now();
+    let response = app.post(&format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(response.status(), 200);
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["status"], "cancelled");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(job["done"], 0);
+    assert!(
+        wait_dead(&busy, Duration::from_secs(5)).await.is_empty(),
+        "cancelled job's workers still run"
+    );
+
+    let next = app
+        .submit(json!({"function": "square", "items": [1, 2, 3]}))
+        .await;
+    assert_eq!(app.wait_job(&next).await["status"], "completed");
+    // Cancelling again changes nothing.
+    let again: Value = app
+        .post(&format!("/v1/jobs/{id}/cancel"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_crashing_worker_is_replaced_and_other_jobs_are_unaffected() {
+    let app = TestApp::spawn().await;
+    let before = app.worker_pids().await;
+    let other = app
+        .submit(
+            json!({"function": "square", "items": (0..2000).collect::<Vec<_>>(), "chunksize": 5}),
+        )
+        .await;
+    let crash = app.submit(json!({"function": "crash", "items": [7]})).await;
+    let job = app.wait_job(&crash).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failed"].as_u64()),
+        (Some("completed"), Some(1))
+    );
+    let results = app.results(&crash).await;
+    assert_eq!(results[0]["error"]["type"], "worker_exited");
+    assert!(
+        results[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 7"),
+        "{}",
+        results[0]
+    );
+
+    let other = app.wait_job(&other).await;
+    assert_eq!(
+        (
+            other["status"].as_str(),
+            other["done"].as_u64(),
+            other["failed"].as_u64()
+        ),
+        (Some("completed"), Some(2000), Some(0))
+    );
+    let pool = app
+        .wait_pool("two ready workers", |p| {
+            p["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["state"] == "idle")
+        })
+        .await;
+    let pids: Vec<u32> = pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&p| pid_alive(p)), "{pool}");
+    assert_ne!(pids, before, "the crashed worker was replaced");
+    assert!(
+        pool["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["restarts"].as_u64().unwrap())
+            .sum::<u64>()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn small_job_is_not_stuck_behind_a_big_one() {
+    let app = TestApp::spawn().await;
+    let big = app
+        .submit(json!({"function": "sleep", "items": vec![0.002; 5000], "chunksize": 5}))
+        .await;
+    app.wait_pool("a busy worker", |p| {
+        p["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["state"] == "busy")
+    })
+    .await;
+    let small = app
+        .submit(json!({"function": "square", "items": [1, 2, 3]}))
+        .await;
+    assert_eq!(app.wait_job(&small).await["status"], "completed");
+    let big_job = app.job(&big).await;
+    assert_eq!(
+        big_job["status"], "running",
+        "the small job finished long before the big one"
+    );
+    assert!(big_job["done"].as_u64().unwrap() < 5000);
+    app.post(&format!("/v1/jobs/{big}/cancel")).await;
+}
+
+#[tokio::test]
+async fn priority_runs_first() {
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let blocker = app
+        .submit(json!({"function": "sleep", "items": [0.3, 0.3, 0.3], "chunksize": 1}))
+        .await;
+    let low = app
+        .submit(json!({"function": "sleep", "items": [0.01, 0.01], "chunksize": 1, "priority": 0}))
+        .await;
+    let high = app
+        .submit(json!({"function": "sleep", "items": [0.01], "priority": 10}))
+        .await;
+    let high = app.wait_job(&high).await;
+    let low = app.wait_job(&low).await;
+    assert!(
+        high["finished_at"].as_str() < low["finished_at"].as_str(),
+        "high {high} low {low}"
+    );
+    app.wait_job(&blocker).await;
+}
+
+#[tokio::test]
+async fn long_poll_list_delete_and_empty_jobs() {
+    let app = TestApp::spawn().await;
+    let slow = app
+        .submit(json!({"function": "sleep", "items": [0.5]}))
+        .await;
+    let response = app
+        .client
+        .delete(format!("{}/v1/jobs/{slow}", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let job: Value = app
+        .get(&format!("/v1/jobs/{slow}?wait=20"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        job["status"], "completed",
+        "wait returns once the job is finished"
+    );
+    // Results with wait are Pool.map.
+    let id = app
+        .submit(json!({"function": "cube", "items": [1, 2]}))
+        .await;
+    let page: Value = app
+        .get(&format!("/v1/jobs/{id}/results?wait=20"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["results"],
+        json!([{"index": 0, "value": 1}, {"index": 1, "value": 8}])
+    );
+    assert_eq!(page["next_offset"], Value::Null);
+    // NDJSON download.
+    let ndjson = app
+        .client
+        .get(format!("{}/v1/jobs/{id}/results", app.url))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = ndjson
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            json!({"index": 0, "value": 1}),
+            json!({"index": 1, "value": 8})
+        ]
+    );
+
+    let empty = app.submit(json!({"function": "square", "items": []})).await;
+    assert_eq!(app.job(&empty).await["status"], "completed");
+
+    let page: Value = app.get("/v1/jobs?limit=2").await.json().await.unwrap();
+    let first: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, vec![empty.as_str(), id.as_str()], "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let page: Value = app
+        .get(&format!("/v1/jobs?limit=2&cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["jobs"][0]["id"], slow.as_str());
+    assert_eq!(page["next_cursor"], Value::Null);
+    let page: Value = app
+        .get("/v1/jobs?status=completed&limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
+
+    let response = app
+        .client
+        .delete(format!("{}/v1/jobs/{slow}", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(app.get(&format!("/v1/jobs/{slow}")).await.status(), 404);
+    assert_eq!(
+        app.get(&format!("/v1/jobs/{slow}/results")).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn pool_close_open_functions_health_and_docs() {
+    let app = TestApp::spawn().await;
+    let closed: Value = app.post("/v1/pool/close").await.json().await.unwrap();
+    assert_eq!(closed["accepting"], false);
+    let response = app
+        .post_job(&json!({"function": "square", "items": [1]}))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "pool_closed"
+    );
+    let open: Value = app.post("/v1/pool/open").await.json().await.unwrap();
+    assert_eq!(open["accepting"], true);
+    app.submit(json!({"function": "square", "items": [1]}))
+        .await;
+
+    let pool = app.pool().await;
+    assert_eq!(pool["size"], 2);
+    assert_eq!(pool["workers"].as_array().unwrap().len(), 2);
+
+    let functions: Value = app.get("/v1/functions").await.json().await.unwrap();
+    let names: Vec<&str> = functions["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "square",
+        "cube",
+        "pow",
+        "add",
+        "echo",
+        "sleep",
+        "fail",
+        "crash",
+        "sha256",
+        "count_primes",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(
+        functions["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["doc"].as_str().unwrap().is_empty())
+    );
+
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert!(spec["paths"]["/v1/jobs"].is_object());
+    let docs = app.get("/docs/").await;
+    assert_eq!(docs.status(), 200);
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "/docs serves the Swagger UI"
+    );
+}
