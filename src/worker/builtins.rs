@@ -12,10 +12,13 @@ type Args = Vec<Value>;
 type Kwargs = Map<String, Value>;
 type Outcome = Result<Value, ItemError>;
 
-/// Name, parameter names (in positional order) with defaults, doc string, body.
+/// A parameter: its name and, when optional, its default.
+type Param = (&'static str, Option<fn() -> Value>);
+
+/// Name, parameters (in positional order), doc string, body.
 struct Builtin {
     name: &'static str,
-    params: &'static [(&'static str, Option<fn() -> Value>)],
+    params: &'static [Param],
     doc: &'static str,
     body: fn(&[Value]) -> Outcome,
 }
