@@ -22,6 +22,10 @@ impl EventBus {
     /// Watch a job. Subscribe *before* reading the store so no change is missed.
     pub fn subscribe(&self, id: JobId) -> watch::Receiver<u64> {
         let mut jobs = self.jobs.lock().expect("event bus lock");
+        // Jobs that finished while watched are never notified again: sweep them now and then.
+        if jobs.len() >= 1024 {
+            jobs.retain(|_, sender| sender.receiver_count() > 0);
+        }
         jobs.entry(id)
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()

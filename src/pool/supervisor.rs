@@ -52,6 +52,8 @@ struct Slot {
     tasks_completed: u64,
     restarts: u64,
     backoff: Duration,
+    /// Its process was refused (protocol mismatch): respawn only after the back-off.
+    refused: bool,
 }
 
 struct Supervisor {
@@ -84,6 +86,7 @@ pub async fn run(
                 tasks_completed: 0,
                 restarts: 0,
                 backoff: MIN_BACKOFF,
+                refused: false,
             })
             .collect(),
         config,
@@ -272,6 +275,7 @@ impl Supervisor {
             );
             tracing::error!(worker = index, pid, "{error}");
             self.last_error = Some(error);
+            self.slots[index].refused = true;
             self.stop_slot(index);
             return;
         }
@@ -348,7 +352,7 @@ impl Supervisor {
         let slot = &mut self.slots[index];
         let pid = slot.process.take().map(|p| p.pid);
         let expected = slot.state == SlotState::Stopping || self.draining;
-        let died_starting = slot.state == SlotState::Starting;
+        let died_starting = slot.state == SlotState::Starting || std::mem::take(&mut slot.refused);
         let mut flights = std::mem::take(&mut slot.in_flight);
         if expected {
             tracing::info!(worker = index, pid, how = %exit.how, "worker stopped");
@@ -356,11 +360,12 @@ impl Supervisor {
             tracing::warn!(worker = index, pid, how = %exit.how, stderr = %exit.stderr_tail, "worker exited");
         }
         slot.restarts += 1;
-        if died_starting && !expected {
-            self.last_error = Some(format!(
+        if died_starting {
+            let error = format!(
                 "worker exited before its hello ({}): {}",
                 exit.how, exit.stderr_tail
-            ));
+            );
+            self.last_error.get_or_insert(error);
             slot.state = SlotState::Down(Instant::now() + slot.backoff);
             slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
         } else {

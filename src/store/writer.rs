@@ -1,12 +1,13 @@
 //! The single writer: one task owns the one read-write connection and applies every write.
 //!
-//! Callers send [`Op`]s over a channel. The task takes all that are waiting (group commit),
-//! applies each inside a savepoint of one `BEGIN IMMEDIATE` transaction, commits, and only
-//! then answers the callers and calls the commit hook with the jobs that changed. A failing op
-//! rolls back its own savepoint and fails alone. Each statement works on a whole chunk (items
-//! and results go in through `json_each`), never one statement per item.
+//! Callers send [`Op`]s over a channel. The task takes all that are waiting (group commit) and
+//! applies them in one `BEGIN IMMEDIATE` transaction; consecutive chunk records are applied
+//! together with three statements whatever their number (results go in through `json_each`,
+//! never one statement per item). Only after the commit does it answer the callers and call the
+//! commit hook with the jobs that changed. If a batch fails, its ops are retried one by one so
+//! that a bad op fails alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sqlx::{Connection, SqliteConnection};
 use time::OffsetDateTime;
@@ -38,6 +39,7 @@ pub enum Op {
         id: JobId,
         at: OffsetDateTime,
     },
+    /// `outcomes` is the JSON array of the chunk's `{"value"}` / `{"error"}` entries.
     RecordChunk {
         id: JobId,
         chunk_index: u64,
@@ -112,23 +114,37 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requests: Vec<Request> = std::mem::take(&mut batch);
         let mut changed = BTreeSet::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        let committed = apply_batch(&mut conn, batch.drain(..), &mut changed, &mut replies).await;
-        match committed {
-            Ok(()) => {
-                if !changed.is_empty() {
-                    on_commit(&changed.into_iter().collect::<Vec<_>>());
-                }
-                for (reply, outcome) in replies {
-                    let _ = reply.send(outcome);
+        match apply_batch(&mut conn, &requests).await {
+            Ok(outcomes) => {
+                changed.extend(requests.iter().map(|r| r.op.job_id()));
+                notify(&on_commit, &changed);
+                for (request, outcome) in requests.into_iter().zip(outcomes) {
+                    reply(request, Ok(outcome));
                 }
             }
+            Err(e) if requests.len() == 1 => {
+                let request = requests.into_iter().next().expect("one request");
+                tracing::error!(error = %e, job.id = %request.op.job_id(), "database write failed");
+                reply(request, Err(e));
+            }
             Err(e) => {
-                tracing::error!(error = %e, "database write batch failed");
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(Error::Commit(e.to_string())));
+                tracing::warn!(error = %e, ops = requests.len(), "write batch failed; applying its ops one by one");
+                for request in requests {
+                    let one = std::slice::from_ref(&request);
+                    match apply_batch(&mut conn, one).await {
+                        Ok(mut outcome) => {
+                            changed.insert(request.op.job_id());
+                            reply(request, Ok(outcome.remove(0)));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, job.id = %request.op.job_id(), "database write failed");
+                            reply(request, Err(e));
+                        }
+                    }
                 }
+                notify(&on_commit, &changed);
             }
         }
     }
@@ -137,35 +153,35 @@ async fn run(
     }
 }
 
-type Replies = Vec<(oneshot::Sender<Result<Outcome>>, Result<Outcome>)>;
+fn notify(on_commit: &CommitHook, changed: &BTreeSet<JobId>) {
+    if !changed.is_empty() {
+        on_commit(&changed.iter().copied().collect::<Vec<_>>());
+    }
+}
 
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    batch: impl Iterator<Item = Request>,
-    changed: &mut BTreeSet<JobId>,
-    replies: &mut Replies,
-) -> Result<()> {
+fn reply(request: Request, outcome: Result<Outcome>) {
+    if let Some(reply) = request.reply {
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Apply requests in one transaction; one outcome per request, or the first error.
+async fn apply_batch(conn: &mut SqliteConnection, requests: &[Request]) -> Result<Vec<Outcome>> {
     let mut tx = conn.begin_with("begin immediate").await?;
-    for Request { op, reply } in batch {
-        let job = op.job_id();
-        let mut savepoint = tx.begin().await?;
-        let outcome = apply(&mut savepoint, op).await;
-        match &outcome {
-            Ok(_) => {
-                savepoint.commit().await?;
-                changed.insert(job);
+    let mut outcomes = Vec::with_capacity(requests.len());
+    // Consecutive chunk records go together; other ops one at a time, in order.
+    let runs = requests.chunk_by(|a, b| a.op.is_record() && b.op.is_record());
+    for run in runs {
+        if run[0].op.is_record() {
+            outcomes.extend(record_chunks(&mut tx, run).await?);
+        } else {
+            for request in run {
+                outcomes.push(apply(&mut tx, &request.op).await?);
             }
-            Err(e) => {
-                tracing::error!(error = %e, job.id = %job, "database write failed");
-                savepoint.rollback().await?;
-            }
-        }
-        if let Some(reply) = reply {
-            replies.push((reply, outcome));
         }
     }
     tx.commit().await?;
-    Ok(())
+    Ok(outcomes)
 }
 
 impl Op {
@@ -178,69 +194,145 @@ impl Op {
             | Op::DeleteJob { id } => *id,
         }
     }
+
+    fn is_record(&self) -> bool {
+        matches!(self, Op::RecordChunk { .. })
+    }
 }
 
-async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Outcome> {
+/// Record chunks' outcomes with three statements whatever their number: claim the chunks that
+/// are still queued (a chunk already recorded, or of a job that ended, is skipped), insert the
+/// claimed chunks' results, and move their jobs' counters (completing a job at its total).
+async fn record_chunks(conn: &mut SqliteConnection, run: &[Request]) -> Result<Vec<Outcome>> {
+    struct Record<'a> {
+        id: String,
+        chunk_index: u64,
+        start_index: u64,
+        size: u64,
+        outcomes: &'a str,
+        failed: u64,
+    }
+    let mut at = None;
+    let records: Vec<Record> = run
+        .iter()
+        .map(|request| match &request.op {
+            Op::RecordChunk {
+                id,
+                chunk_index,
+                start_index,
+                size,
+                outcomes,
+                failed,
+                at: when,
+            } => {
+                at = Some(*when);
+                Record {
+                    id: id.to_string(),
+                    chunk_index: *chunk_index,
+                    start_index: *start_index,
+                    size: *size,
+                    outcomes,
+                    failed: *failed,
+                }
+            }
+            _ => unreachable!("only chunk records are grouped"),
+        })
+        .collect();
+    let keys = json_array(
+        records
+            .iter()
+            .map(|r| format!(r#"["{}",{}]"#, r.id, r.chunk_index)),
+    );
+    let claimed: Vec<(String, i64)> = sqlx::query_as(
+        "update chunks set status = 'done'
+         where status = 'queued'
+           and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1))
+         returning job_id, chunk_index",
+    )
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let claimed: HashSet<(String, u64)> = claimed
+        .into_iter()
+        .map(|(id, chunk)| (id, chunk as u64))
+        .collect();
+    let is_claimed: Vec<bool> = records
+        .iter()
+        .map(|r| claimed.contains(&(r.id.clone(), r.chunk_index)))
+        .collect();
+    let recorded = json_array(
+        records
+            .iter()
+            .zip(&is_claimed)
+            .filter(|(_, claimed)| **claimed)
+            .map(|(r, _)| {
+                format!(
+                    r#"{{"job":"{}","start":{},"size":{},"failed":{},"outcomes":{}}}"#,
+                    r.id, r.start_index, r.size, r.failed, r.outcomes
+                )
+            }),
+    );
+    if claimed.is_empty() {
+        return Ok(is_claimed.into_iter().map(Outcome::Changed).collect());
+    }
+    sqlx::query(
+        // Materialized, so each chunk's object is parsed once, not once per item.
+        "with r as materialized (
+             select value ->> 'job' as job, value ->> 'start' as start, value -> 'outcomes' as outcomes
+             from json_each(?1))
+         insert into results (job_id, item_index, value, error)
+         select r.job, r.start + o.key,
+                case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
+                o.value -> 'error'
+         from r, json_each(r.outcomes) as o",
+    )
+    .bind(&recorded)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "update jobs set
+            done = jobs.done + c.items,
+            failed = jobs.failed + c.errors,
+            status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                          then 'completed' else jobs.status end,
+            finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                               then ?2 else jobs.finished_at end
+         from (select value ->> 'job' as job_id, sum(value ->> 'size') as items, sum(value ->> 'failed') as errors
+               from json_each(?1) group by 1) as c
+         where jobs.id = c.job_id",
+    )
+    .bind(&recorded)
+    .bind(at.map(format_time))
+    .execute(&mut *conn)
+    .await?;
+    Ok(is_claimed.into_iter().map(Outcome::Changed).collect())
+}
+
+fn json_array(items: impl Iterator<Item = String>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item);
+    }
+    out.push(']');
+    out
+}
+
+/// Every op but chunk records (see [`record_chunks`]).
+async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
     match op {
-        Op::CreateJob(new) => create_job(conn, *new).await,
+        Op::CreateJob(new) => create_job(conn, new).await,
         Op::MarkStarted { id, at } => {
             sqlx::query("update jobs set status = 'running', started_at = ?2 where id = ?1 and status = 'queued'")
                 .bind(id.to_string())
-                .bind(format_time(at))
+                .bind(format_time(*at))
                 .execute(&mut *conn)
                 .await?;
             Ok(Outcome::Done)
         }
-        Op::RecordChunk {
-            id,
-            chunk_index,
-            start_index,
-            size,
-            outcomes,
-            failed,
-            at,
-        } => {
-            let id = id.to_string();
-            let claimed = sqlx::query(
-                "update chunks set status = 'done'
-                 where job_id = ?1 and chunk_index = ?2 and status = 'queued'",
-            )
-            .bind(&id)
-            .bind(chunk_index as i64)
-            .execute(&mut *conn)
-            .await?;
-            if claimed.rows_affected() == 0 {
-                // Already recorded, or the job was cancelled or failed meanwhile.
-                return Ok(Outcome::Changed(false));
-            }
-            sqlx::query(
-                "insert into results (job_id, item_index, value, error)
-                 select ?1, ?2 + key,
-                        case when value -> '$.error' is null then coalesce(value -> '$.value', 'null') end,
-                        value -> '$.error'
-                 from json_each(?3)",
-            )
-            .bind(&id)
-            .bind(start_index as i64)
-            .bind(outcomes)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "update jobs set
-                    done = done + ?2,
-                    failed = failed + ?3,
-                    status = case when done + ?2 >= total then 'completed' else status end,
-                    finished_at = case when done + ?2 >= total then ?4 else finished_at end
-                 where id = ?1",
-            )
-            .bind(&id)
-            .bind(size as i64)
-            .bind(failed as i64)
-            .bind(format_time(at))
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Changed(true))
-        }
+        Op::RecordChunk { .. } => unreachable!("chunk records go through record_chunks"),
         Op::FinishJob {
             id,
             status,
@@ -255,8 +347,8 @@ async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Outcome> {
             )
             .bind(&id)
             .bind(status.as_str())
-            .bind(error)
-            .bind(format_time(at))
+            .bind(error.as_deref())
+            .bind(format_time(*at))
             .execute(&mut *conn)
             .await?;
             if ended.rows_affected() == 0 {
@@ -298,14 +390,14 @@ async fn apply(conn: &mut SqliteConnection, op: Op) -> Result<Outcome> {
     }
 }
 
-async fn create_job(conn: &mut SqliteConnection, new: NewJob) -> Result<Outcome> {
+async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome> {
     let NewJob { job, chunks } = new;
     let spec = &job.spec;
     let id = job.id.to_string();
     sqlx::query(
         "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
-                           priority, metadata, status, total, created_at, finished_at)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                           priority, metadata, status, total, created_at, started_at, finished_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .bind(&id)
     .bind(&spec.function)
@@ -320,6 +412,7 @@ async fn create_job(conn: &mut SqliteConnection, new: NewJob) -> Result<Outcome>
     .bind(job.status.as_str())
     .bind(job.total as i64)
     .bind(format_time(job.created_at))
+    .bind(job.started_at.map(format_time))
     .bind(job.finished_at.map(format_time))
     .execute(&mut *conn)
     .await?;
@@ -329,7 +422,7 @@ async fn create_job(conn: &mut SqliteConnection, new: NewJob) -> Result<Outcome>
     )
     .bind(&id)
     .bind(spec.chunksize)
-    .bind(chunks)
+    .bind(chunks.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(Outcome::Done)
