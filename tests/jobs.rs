@@ -346,21 +346,7 @@ async fn cancel_stops_running_workers_and_the_pool_goes_on() {
     let id = app
         .submit(json!({"function": "sleep", "items": vec![30; 20], "chunksize": 1}))
         .await;
-    let pool = app
-        .wait_pool("two busy workers", |p| {
-            p["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|w| w["state"] == "busy")
-        })
-        .await;
-    let busy: Vec<u32> = pool["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let busy = app.wait_workers("busy").await;
 
     let started = Instant::now();
     let response = app.post(&format!("/v1/jobs/{id}/cancel")).await;
@@ -427,23 +413,10 @@ async fn a_crashing_worker_is_replaced_and_other_jobs_are_unaffected() {
         ),
         (Some("completed"), Some(2000), Some(0))
     );
-    let pool = app
-        .wait_pool("two ready workers", |p| {
-            p["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|w| w["state"] == "idle")
-        })
-        .await;
-    let pids: Vec<u32> = pool["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let pids = app.wait_workers("idle").await;
     assert_eq!(pids.len(), 2);
-    assert!(pids.iter().all(|&p| pid_alive(p)), "{pool}");
+    assert!(pids.iter().all(|&p| pid_alive(p)), "{pids:?}");
+    let pool = app.pool().await;
     assert_ne!(pids, before, "the crashed worker was replaced");
     assert!(
         pool["workers"]

@@ -56,40 +56,18 @@ async fn a_worker_speaking_another_protocol_version_is_refused() {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    let mut command = std::process::Command::new(common::BIN);
-    let db = dir.path().join("poold.db");
-    let mut child = command
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
+    let app = TestApp::launch(
+        &dir.path().join("poold.db"),
+        &[
             "--workers",
             "1",
             "--worker-command",
-        ])
-        .arg(&script)
-        .arg("--database")
-        .arg(&db)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("poold listening on ")
-        .unwrap()
-        .to_string();
-    let client = reqwest::Client::new();
-
+            script.to_str().unwrap(),
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let problem = loop {
-        let response = client.get(format!("{url}/readyz")).send().await.unwrap();
+        let response = app.get("/readyz").await;
         assert_eq!(
             response.status(),
             503,
@@ -107,14 +85,7 @@ async fn a_worker_speaking_another_protocol_version_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(problem["code"], "not_ready");
-    let pool: Value = client
-        .get(format!("{url}/v1/pool"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pool = app.pool().await;
     assert!(
         pool["last_error"]
             .as_str()
@@ -124,18 +95,9 @@ async fn a_worker_speaking_another_protocol_version_is_refused() {
     );
     // Refused workers are retried with a back-off, not in a tight loop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pool: Value = client
-        .get(format!("{url}/v1/pool"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pool = app.pool().await;
     assert!(
         pool["workers"][0]["restarts"].as_u64().unwrap() <= 5,
         "{pool}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

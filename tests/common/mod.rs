@@ -43,8 +43,15 @@ impl TestApp {
         app
     }
 
-    /// Start poold on an existing database file (to test restarts).
+    /// Start poold on an existing database file (to test restarts) and wait until it is ready.
     pub async fn start(db: &Path, args: &[&str]) -> Self {
+        let app = Self::launch(db, args);
+        app.wait_ready().await;
+        app
+    }
+
+    /// Start poold and return once it listens, ready or not.
+    pub fn launch(db: &Path, args: &[&str]) -> Self {
         let log = db.with_extension(format!("{}.log", uuid_like()));
         let mut command = Command::new(BIN);
         command
@@ -75,16 +82,14 @@ impl TestApp {
                 )
             })
             .to_string();
-        let app = TestApp {
+        TestApp {
             url,
             client: reqwest::Client::new(),
             child,
             db: db.to_path_buf(),
             log,
             _dir: None,
-        };
-        app.wait_ready().await;
-        app
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -225,6 +230,25 @@ impl TestApp {
             .iter()
             .filter_map(|w| w["pid"].as_u64())
             .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Wait until every worker is in `state` (`idle`, `busy`); returns their pids.
+    pub async fn wait_workers(&self, state: &str) -> Vec<u32> {
+        let pool = self
+            .wait_pool(&format!("all workers {state}"), |p| {
+                p["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|w| w["state"] == state)
+            })
+            .await;
+        pool["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64().unwrap() as u32)
             .collect()
     }
 
