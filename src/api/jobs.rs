@@ -1,12 +1,11 @@
-//! `/v1/jobs`: submit, list, read, long-poll, cancel and delete map jobs, and page or stream
-//! their results.
+//! `/v1/jobs`: submit, list, read, long-poll, cancel and delete map jobs. Their results are in
+//! `results.rs`, their event streams in `events.rs`.
 
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -15,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::dto::{JobDto, JobStatusDto, OnErrorDto, ResultDto};
+use super::dto::{JobDto, JobStatusDto, OnErrorDto};
 use super::error::{Json, Query};
 use super::{ApiError, AppState, Problem};
 use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
@@ -23,8 +22,6 @@ use crate::store::{DeleteOutcome, NewJob};
 
 /// Longest `wait` a long-poll may ask for, in seconds.
 pub const MAX_WAIT_S: f64 = 300.0;
-const DEFAULT_PAGE: u32 = 1000;
-const MAX_PAGE: u32 = 10_000;
 const MAX_ATTEMPTS: i64 = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -34,7 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_job))
         .routes(routes!(delete_job))
         .routes(routes!(cancel_job))
-        .routes(routes!(list_results))
 }
 
 /// A map job: `pool.map(function, items, chunksize)` with `functools.partial`-style kwargs.
@@ -315,7 +311,7 @@ pub async fn load_job(state: &AppState, id: JobId) -> Result<Job, ApiError> {
 }
 
 /// The job, once finished or after `wait` seconds (or at shutdown), whichever comes first.
-async fn wait_for_job(state: &AppState, id: JobId, wait: Option<f64>) -> Result<Job, ApiError> {
+pub async fn wait_for_job(state: &AppState, id: JobId, wait: Option<f64>) -> Result<Job, ApiError> {
     let wait = match wait {
         None => 0.0,
         Some(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_S),
@@ -380,93 +376,4 @@ async fn delete_job(
         DeleteOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
         DeleteOutcome::NotFinished => Err(ApiError::JobNotFinished(id)),
     }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ResultsQuery {
-    /// First item index to return (default 0).
-    offset: Option<u64>,
-    /// Page size, 1 to 10000 (default 1000). Ignored for NDJSON, which streams every result.
-    limit: Option<u32>,
-    /// First wait up to this many seconds (at most 300) for the job to finish: `Pool.map`.
-    wait: Option<f64>,
-}
-
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct ResultPage {
-    /// In index order; only items that have a result.
-    results: Vec<ResultDto>,
-    /// Pass as `offset` for the next page; null when the job is finished and nothing follows.
-    next_offset: Option<u64>,
-}
-
-/// Results in index order, paged; or every result as NDJSON with `Accept: application/x-ndjson`.
-#[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", params(("id" = String, Path), ResultsQuery), responses(
-    (status = 200, body = ResultPage, content_type = "application/json"),
-    (status = 200, description = "One ResultDto per line", body = ResultDto, content_type = "application/x-ndjson"),
-    (status = 404, body = Problem, content_type = "application/problem+json"),
-))]
-async fn list_results(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<ResultsQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let job = wait_for_job(&state, id, query.wait).await?;
-    let offset = query.offset.unwrap_or(0);
-    let wants_ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/x-ndjson"));
-    if wants_ndjson {
-        return Ok(ndjson_results(state, id, offset));
-    }
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}, got {limit}"
-        )));
-    }
-    let results = state.store.results_by_index(id, offset, limit).await?;
-    let after = results.last().map_or(offset, |r| r.index + 1);
-    let more = results.len() == limit as usize || !job.status.is_finished();
-    let next_offset = more.then_some(after);
-    let results = results.into_iter().map(ResultDto::from).collect();
-    Ok(axum::Json(ResultPage {
-        results,
-        next_offset,
-    })
-    .into_response())
-}
-
-/// Stream every result from `offset` on, a page at a time: memory stays bounded.
-fn ndjson_results(state: AppState, id: JobId, offset: u64) -> Response {
-    let pages = futures::stream::unfold(Some(offset), move |from| {
-        let store = state.store.clone();
-        async move {
-            let from = from?;
-            match store.results_by_index(id, from, DEFAULT_PAGE).await {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let next = (page.len() == DEFAULT_PAGE as usize)
-                        .then(|| page.last().map(|r| r.index + 1))
-                        .flatten();
-                    let mut body = String::new();
-                    for result in page {
-                        body.push_str(
-                            &serde_json::to_string(&ResultDto::from(result))
-                                .expect("result serializes"),
-                        );
-                        body.push('\n');
-                    }
-                    Some((Ok::<_, crate::store::Error>(body), next))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        }
-    });
-    let body = axum::body::Body::from_stream(pages.map(|page| page.map_err(std::io::Error::other)));
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }

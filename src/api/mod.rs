@@ -11,6 +11,7 @@ mod events;
 mod health;
 mod jobs;
 mod pool;
+mod results;
 
 use std::sync::Arc;
 
@@ -68,6 +69,7 @@ struct ApiDoc;
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(jobs::router())
+        .merge(results::router())
         .merge(events::router())
         .merge(pool::router())
         .merge(health::router())

@@ -4,22 +4,23 @@
 //! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
 //! chunks in flight per worker so pipes never idle. Results go to the store's writer (which
 //! publishes after commit); a dead worker is replaced, and its running chunk is retried up to
-//! the job's `max_attempts`, then recorded as `worker_exited` item errors.
+//! the job's `max_attempts`, then recorded as `worker_exited` item errors (see `lifecycle`).
+
+mod lifecycle;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::process::{self, Event, Exit, Origin, WorkerProcess};
+use super::process::{Event, WorkerProcess};
 use super::queue::{Pending, Queue};
 use super::{Command, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
 use crate::model::{JobId, JobStatus, OnError};
-use crate::protocol::{FunctionInfo, ItemOutcome, PROTOCOL_VERSION, PooldMessage, WorkerMessage};
+use crate::protocol::{FunctionInfo, ItemOutcome, PooldMessage, WorkerMessage};
 use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
@@ -153,57 +154,6 @@ impl Supervisor {
         self.slots.iter().map(|s| s.in_flight.len()).sum()
     }
 
-    fn next_restart(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Down(at) => Some(at),
-                _ => None,
-            })
-            .min()
-    }
-
-    fn restart_due(&mut self) {
-        let now = Instant::now();
-        for slot in 0..self.slots.len() {
-            if matches!(self.slots[slot].state, SlotState::Down(at) if at <= now) && !self.draining
-            {
-                self.spawn(slot);
-            }
-        }
-    }
-
-    fn spawn(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        slot.generation += 1;
-        let origin = Origin {
-            slot: index,
-            generation: slot.generation,
-        };
-        match process::spawn(
-            &self.config.command,
-            origin,
-            self.events.clone(),
-            self.config.kill_grace,
-        ) {
-            Ok(process) => {
-                tracing::debug!(worker = index, pid = process.pid, "worker spawned");
-                slot.process = Some(process);
-                slot.state = SlotState::Starting;
-            }
-            Err(e) => {
-                let error = format!(
-                    "cannot start worker command {:?}: {e}",
-                    self.config.command.program
-                );
-                tracing::error!(worker = index, "{error}");
-                self.last_error = Some(error);
-                slot.state = SlotState::Down(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::JobCreated(job) => {
@@ -229,21 +179,6 @@ impl Supervisor {
         }
     }
 
-    /// Stop a worker on purpose; its other jobs' chunks go back to their queues.
-    fn stop_slot(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        if let Some(process) = slot.process.as_mut() {
-            process.stop();
-        }
-        slot.state = SlotState::Stopping;
-        for flight in slot.in_flight.drain(..) {
-            if let Some(job) = self.queue.get_mut(flight.job) {
-                job.in_flight -= 1;
-                self.queue.requeue(flight.job, flight.pending);
-            }
-        }
-    }
-
     async fn handle_event(&mut self, event: Event) {
         let origin = match &event {
             Event::Message(origin, _) | Event::Exited(origin, _) => *origin,
@@ -265,38 +200,6 @@ impl Supervisor {
             }
             Event::Exited(_, exit) => self.on_exit(origin.slot, exit),
         }
-    }
-
-    fn on_hello(&mut self, index: usize, protocol: u32, pid: u32, functions: Vec<FunctionInfo>) {
-        if protocol != PROTOCOL_VERSION {
-            let error = format!(
-                "worker command {:?} speaks protocol version {protocol}, poold speaks {PROTOCOL_VERSION}",
-                self.config.command.program
-            );
-            tracing::error!(worker = index, pid, "{error}");
-            self.last_error = Some(error);
-            self.slots[index].refused = true;
-            self.stop_slot(index);
-            return;
-        }
-        tracing::info!(
-            worker = index,
-            pid,
-            functions = functions.len(),
-            "worker ready"
-        );
-        let slot = &mut self.slots[index];
-        slot.state = SlotState::Ready;
-        slot.backoff = MIN_BACKOFF;
-        self.last_error = None;
-        let functions: Arc<[FunctionInfo]> = functions.into();
-        self.functions.send_if_modified(|current| {
-            let changed = current.as_deref() != Some(&functions[..]);
-            if changed {
-                *current = Some(functions);
-            }
-            changed
-        });
     }
 
     fn on_result(&mut self, index: usize, task_id: u64, results: Vec<ItemOutcome>) {
@@ -339,84 +242,6 @@ impl Supervisor {
             let message = format!(
                 "item {index} failed ({}: {}); on_error is fail_fast",
                 error.kind, error.message
-            );
-            self.store
-                .finish_job_later(flight.job, JobStatus::Failed, Some(message));
-            self.drop_job(flight.job);
-        } else {
-            self.queue.retire_if_done(flight.job);
-        }
-    }
-
-    fn on_exit(&mut self, index: usize, exit: Exit) {
-        let slot = &mut self.slots[index];
-        let pid = slot.process.take().map(|p| p.pid);
-        let expected = slot.state == SlotState::Stopping || self.draining;
-        let died_starting = slot.state == SlotState::Starting || std::mem::take(&mut slot.refused);
-        let mut flights = std::mem::take(&mut slot.in_flight);
-        if expected {
-            tracing::info!(worker = index, pid, how = %exit.how, "worker stopped");
-        } else {
-            tracing::warn!(worker = index, pid, how = %exit.how, stderr = %exit.stderr_tail, "worker exited");
-        }
-        slot.restarts += 1;
-        if died_starting {
-            let error = format!(
-                "worker exited before its hello ({}): {}",
-                exit.how, exit.stderr_tail
-            );
-            self.last_error.get_or_insert(error);
-            slot.state = SlotState::Down(Instant::now() + slot.backoff);
-            slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
-        } else {
-            slot.state = SlotState::Down(Instant::now());
-        }
-        // The chunk it was running is the suspect; the ones queued behind it are innocent.
-        if !expected && let Some(culprit) = flights.pop_front() {
-            self.chunk_crashed(culprit, &exit);
-        }
-        for flight in flights {
-            if let Some(job) = self.queue.get_mut(flight.job) {
-                job.in_flight -= 1;
-                self.queue.requeue(flight.job, flight.pending);
-            }
-        }
-        if !self.draining {
-            self.restart_due();
-        }
-    }
-
-    /// A worker died running this chunk: retry it, or record its items as `worker_exited`.
-    fn chunk_crashed(&mut self, mut flight: InFlight, exit: &Exit) {
-        let Some(job) = self.queue.get_mut(flight.job) else {
-            return;
-        };
-        job.in_flight -= 1;
-        flight.pending.attempts += 1;
-        if flight.pending.attempts < job.spec.max_attempts {
-            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, attempts = flight.pending.attempts, "retrying chunk");
-            self.queue.requeue(flight.job, flight.pending);
-            return;
-        }
-        let mut message = format!(
-            "the worker process exited ({}) while running this item's chunk",
-            exit.how
-        );
-        if !exit.stderr_tail.is_empty() {
-            message.push_str("; its stderr ended with:\n");
-            message.push_str(&exit.stderr_tail);
-        }
-        let error =
-            json!({"error": {"type": "worker_exited", "message": message, "traceback": null}});
-        let size = flight.pending.chunk.size as usize;
-        let outcomes = serde_json::to_string(&vec![error; size]).expect("outcomes serialize");
-        let fail_fast = job.spec.on_error == OnError::FailFast;
-        self.store
-            .record_chunk(flight.job, &flight.pending.chunk, outcomes, size as u64);
-        if fail_fast {
-            let message = format!(
-                "item {} failed (worker_exited); on_error is fail_fast",
-                flight.pending.chunk.start_index
             );
             self.store
                 .finish_job_later(flight.job, JobStatus::Failed, Some(message));
@@ -497,34 +322,5 @@ impl Supervisor {
             workers,
             last_error: self.last_error.clone(),
         }
-    }
-
-    /// Stop every worker and wait (bounded) until each one has been reaped.
-    async fn stop_all(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
-        self.draining = true;
-        let mut alive = 0;
-        for slot in &mut self.slots {
-            if let Some(process) = slot.process.as_mut() {
-                process.stop();
-                alive += 1;
-            }
-        }
-        let deadline = Instant::now() + self.config.kill_grace + Duration::from_secs(2);
-        while alive > 0 {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Event::Exited(origin, _)))
-                    if self.slots[origin.slot].generation == origin.generation =>
-                {
-                    self.slots[origin.slot].process = None;
-                    alive -= 1;
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if alive > 0 {
-            tracing::error!(alive, "some workers did not exit in time");
-        }
-        tracing::info!("all workers stopped");
     }
 }
