@@ -644,3 +644,51 @@ async fn pool_close_open_functions_health_and_docs() {
         "/docs serves the Swagger UI"
     );
 }
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_job_for_the_same_body() {
+    let app = TestApp::spawn().await;
+    let post = |key: &'static str, body: Value| {
+        app.client
+            .post(format!("{}/v1/jobs", app.url))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"function": "square", "items": [1, 2, 3]});
+    let first = post("order-42", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post("order-42", body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        again.headers()["location"],
+        format!("/v1/jobs/{}", first["id"].as_str().unwrap())
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+
+    let other = post(
+        "order-42",
+        json!({"function": "square", "items": [1, 2, 4]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["code"],
+        "idempotency_key_reused"
+    );
+    let bad = post(" ", body.clone()).await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let new = post("order-43", body).await.unwrap();
+    assert_eq!(new.status(), 201);
+    assert_ne!(new.json::<Value>().await.unwrap()["id"], first["id"]);
+    let page: Value = app.get("/v1/jobs").await.json().await.unwrap();
+    assert_eq!(
+        page["jobs"].as_array().unwrap().len(),
+        2,
+        "the repeat created no job"
+    );
+}

@@ -20,6 +20,8 @@ pub enum ApiError {
     UnknownFunction(String),
     #[error("no job with id {0}")]
     JobNotFound(String),
+    #[error("this Idempotency-Key was used for job {0} with another request body")]
+    IdempotencyKeyReused(JobId),
     #[error("job {0} is not finished; cancel it first")]
     JobNotFinished(JobId),
     #[error("{0}")]
@@ -63,6 +65,7 @@ impl ApiError {
             UnknownFunction(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_function"),
             JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             JobNotFinished(_) => (StatusCode::CONFLICT, "job_not_finished"),
+            IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,7 +19,7 @@ use super::dto::{JobDto, JobStatusDto, OnErrorDto};
 use super::error::{Json, Query};
 use super::{ApiError, AppState, Problem};
 use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
-use crate::store::{DeleteOutcome, NewJob};
+use crate::store::{DeleteOutcome, Idempotency, NewJob};
 
 /// Longest `wait` a long-poll may ask for, in seconds.
 pub const MAX_WAIT_S: f64 = 300.0;
@@ -34,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A map job: `pool.map(function, items, chunksize)` with `functools.partial`-style kwargs.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// A function the workers advertise (GET /v1/functions).
@@ -65,17 +66,26 @@ pub struct CreateJob {
 }
 
 /// Submit a map job.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob, responses(
+///
+/// With an `Idempotency-Key` header, a repeat of the same request returns the job the first one
+/// created (200) instead of creating another; the same key with another body is a 422
+/// `idempotency_key_reused`.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    responses(
     (status = 201, description = "Stored; `Location` names it", body = JobDto,
+     headers(("Location" = String, description = "/v1/jobs/{id}"))),
+    (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key", body = JobDto,
      headers(("Location" = String, description = "/v1/jobs/{id}"))),
     (status = 400, description = "Malformed JSON or invalid fields", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "Body or item count over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, body = Problem, content_type = "application/problem+json"),
-    (status = 422, description = "`unknown_function`", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "`unknown_function`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "`pool_closed`, `shutting_down`, or `not_ready` (no worker has started)", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn create_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(mut request): Json<CreateJob>,
 ) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
@@ -83,6 +93,10 @@ async fn create_job(
     }
     if !state.pool.accepting() {
         return Err(ApiError::PoolClosed);
+    }
+    let idempotency = idempotency(&headers, &request)?;
+    if let Some(earlier) = earlier_job(&state, idempotency.as_ref()).await? {
+        return Ok(earlier);
     }
     let items = std::mem::take(&mut request.items);
     let spec = validate(&state, request, &items)?;
@@ -97,22 +111,70 @@ async fn create_job(
     let job = new_job(spec, items.len() as u64);
     let chunks = group_in_chunks(&items, job.spec.chunksize as usize);
     drop(items);
-    state
-        .store
-        .create_job(NewJob {
-            job: job.clone(),
-            chunks,
-        })
-        .await?;
+    let new = NewJob {
+        job: job.clone(),
+        chunks,
+        idempotency: idempotency.clone(),
+    };
+    if let Err(e) = state.store.create_job(new).await {
+        // A concurrent request with the same key may have won the insert.
+        return match earlier_job(&state, idempotency.as_ref()).await? {
+            Some(earlier) => Ok(earlier),
+            None => Err(e.into()),
+        };
+    }
     tracing::info!(job.id = %job.id, function = %job.spec.function, total = job.total, "job accepted");
-    let location = format!("/v1/jobs/{}", job.id);
     state.pool.job_created(job.clone()).await?;
-    Ok((
-        StatusCode::CREATED,
+    Ok(job_response(StatusCode::CREATED, job))
+}
+
+fn job_response(status: StatusCode, job: Job) -> Response {
+    let location = format!("/v1/jobs/{}", job.id);
+    (
+        status,
         [(header::LOCATION, location)],
         axum::Json(JobDto::from(job)),
     )
-        .into_response())
+        .into_response()
+}
+
+/// The `Idempotency-Key` header with the hash of the request it came with.
+fn idempotency(headers: &HeaderMap, request: &CreateJob) -> Result<Option<Idempotency>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+            )
+        })?;
+    let normalized = serde_json::to_vec(request).expect("a parsed request serializes");
+    let request_hash = format!("{:x}", Sha256::digest(&normalized));
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        request_hash,
+    }))
+}
+
+/// The response for a repeat of an earlier request with the same key, if this is one.
+async fn earlier_job(
+    state: &AppState,
+    idempotency: Option<&Idempotency>,
+) -> Result<Option<Response>, ApiError> {
+    let Some(idempotency) = idempotency else {
+        return Ok(None);
+    };
+    match state.store.job_by_idempotency_key(&idempotency.key).await? {
+        Some((job, hash)) if hash == idempotency.request_hash => {
+            Ok(Some(job_response(StatusCode::OK, job)))
+        }
+        Some((job, _)) => Err(ApiError::IdempotencyKeyReused(job.id)),
+        None => Ok(None),
+    }
 }
 
 /// Check the request (its items taken out) and apply defaults.

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use crate::model::{Chunk, ItemResult, Job, JobId, JobStatus};
 pub use rows::format_time;
 use rows::{ChunkRow, JobRow, ResultRow};
-pub use writer::{DeleteOutcome, NewJob};
+pub use writer::{DeleteOutcome, Idempotency, NewJob};
 use writer::{Op, Outcome, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,22 @@ impl Store {
             .fetch_optional(&self.reader)
             .await?;
         row.map(Job::try_from).transpose()
+    }
+
+    /// The job created with this `Idempotency-Key`, and the hash of the request that created it.
+    pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<(Job, String)>> {
+        let id: Option<(String, String)> =
+            sqlx::query_as("select id, request_hash from jobs where idempotency_key = ?1")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?;
+        let Some((id, hash)) = id else {
+            return Ok(None);
+        };
+        let id = id
+            .parse()
+            .map_err(|e: uuid::Error| Error::Corrupt(e.to_string()))?;
+        Ok(self.get_job(id).await?.map(|job| (job, hash)))
     }
 
     /// Newest first; `before` is the id of the last job of the previous page.

@@ -24,6 +24,14 @@ const MAX_BATCH: usize = 1024;
 pub struct NewJob {
     pub job: Job,
     pub chunks: String,
+    /// The client's `Idempotency-Key` and the hash of its request.
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,13 +399,18 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
 }
 
 async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome> {
-    let NewJob { job, chunks } = new;
+    let NewJob {
+        job,
+        chunks,
+        idempotency,
+    } = new;
     let spec = &job.spec;
     let id = job.id.to_string();
     sqlx::query(
         "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
-                           priority, metadata, status, total, created_at, started_at, finished_at)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                           priority, metadata, status, total, created_at, started_at, finished_at,
+                           idempotency_key, request_hash)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .bind(&id)
     .bind(&spec.function)
@@ -414,6 +427,8 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     .bind(format_time(job.created_at))
     .bind(job.started_at.map(format_time))
     .bind(job.finished_at.map(format_time))
+    .bind(idempotency.as_ref().map(|i| i.key.as_str()))
+    .bind(idempotency.as_ref().map(|i| i.request_hash.as_str()))
     .execute(&mut *conn)
     .await?;
     sqlx::query(
