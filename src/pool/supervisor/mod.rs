@@ -183,8 +183,12 @@ impl Supervisor {
         let origin = match &event {
             Event::Message(origin, _) | Event::Exited(origin, _) => *origin,
         };
-        if self.slots[origin.slot].generation != origin.generation {
+        let slot = &self.slots[origin.slot];
+        if slot.generation != origin.generation {
             return; // about a process this slot already replaced
+        }
+        if slot.state == SlotState::Stopping && matches!(event, Event::Message(..)) {
+            return; // its chunks went back to their queues when it was told to stop
         }
         match event {
             Event::Message(
