@@ -112,7 +112,7 @@ pub struct Task {
 }
 
 /// One item's outcome: `{"value": …}` or `{"error": {"type","message","traceback"}}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Box<RawValue>>,
@@ -128,6 +128,15 @@ pub struct ItemError {
     pub message: String,
     #[serde(default)]
     pub traceback: Option<String>,
+}
+
+impl ItemOutcome {
+    pub fn error(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            value: None,
+            error: Some(ItemError::new(kind, message)),
+        }
+    }
 }
 
 impl ItemError {

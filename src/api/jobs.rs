@@ -52,9 +52,11 @@ pub struct CreateJob {
     /// Items per chunk sent to a worker (>= 1). Default: automatic, like `Pool.map`
     /// (`ceil(len / (4 * workers))`, at most 1000).
     chunksize: Option<i64>,
-    /// Per-item time limit in seconds (> 0). Stored; enforcement arrives with the reliability work.
+    /// Per-item time limit in seconds (> 0). An item over it fails with a `timeout` error and
+    /// its worker is stopped (SIGTERM, then SIGKILL) and replaced; the rest of its chunk completes.
     timeout_s: Option<f64>,
-    /// Runs per chunk when its worker dies (1 to 100). Default 1.
+    /// Runs per chunk when its worker dies (1 to 100). Default 1. A chunk that still kills its
+    /// worker is split so that only the guilty item fails (`worker_exited`).
     max_attempts: Option<i64>,
     /// Default `continue`.
     on_error: Option<OnErrorDto>,

@@ -20,6 +20,8 @@ const WINDOW_ITEMS: u32 = 4096;
 pub struct Pending {
     pub chunk: Chunk,
     pub attempts: u32,
+    /// One item of a chunk that was split (see `supervisor::outcomes`).
+    pub piece: bool,
 }
 
 pub struct ActiveJob {
@@ -121,11 +123,11 @@ impl Queue {
                         };
                         job.last_fetched =
                             chunks.last().map(|c| c.chunk_index).or(job.last_fetched);
-                        job.ready.extend(
-                            chunks
-                                .into_iter()
-                                .map(|chunk| Pending { chunk, attempts: 0 }),
-                        );
+                        job.ready.extend(chunks.into_iter().map(|chunk| Pending {
+                            chunk,
+                            attempts: 0,
+                            piece: false,
+                        }));
                     }
                     Err(e) => {
                         tracing::error!(job.id = %job.id, error = %e, "could not fetch chunks; will retry");

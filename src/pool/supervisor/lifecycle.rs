@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{InFlight, MAX_BACKOFF, MIN_BACKOFF, SlotState, Supervisor};
-use crate::model::{JobStatus, OnError};
 use crate::pool::process::{self, Event, Exit, Origin};
 use crate::protocol::{FunctionInfo, PROTOCOL_VERSION};
 
@@ -157,7 +155,8 @@ impl Supervisor {
         }
     }
 
-    /// A worker died running this chunk: retry it, or record its items as `worker_exited`.
+    /// A worker died running this chunk: retry it, or narrow it down to the item that kills
+    /// workers and fail that one as `worker_exited`.
     fn chunk_crashed(&mut self, mut flight: InFlight, exit: &Exit) {
         let Some(job) = self.queue.get_mut(flight.job) else {
             return;
@@ -177,24 +176,7 @@ impl Supervisor {
             message.push_str("; its stderr ended with:\n");
             message.push_str(&exit.stderr_tail);
         }
-        let error =
-            json!({"error": {"type": "worker_exited", "message": message, "traceback": null}});
-        let size = flight.pending.chunk.size as usize;
-        let outcomes = serde_json::to_string(&vec![error; size]).expect("outcomes serialize");
-        let fail_fast = job.spec.on_error == OnError::FailFast;
-        self.store
-            .record_chunk(flight.job, &flight.pending.chunk, outcomes, size as u64);
-        if fail_fast {
-            let message = format!(
-                "item {} failed (worker_exited); on_error is fail_fast",
-                flight.pending.chunk.start_index
-            );
-            self.store
-                .finish_job_later(flight.job, JobStatus::Failed, Some(message));
-            self.drop_job(flight.job);
-        } else {
-            self.queue.retire_if_done(flight.job);
-        }
+        self.chunk_went_wrong(flight.job, flight.pending, "worker_exited", message);
     }
 
     /// Stop every worker and wait (bounded) until each one has been reaped.

@@ -7,6 +7,7 @@
 //! the job's `max_attempts`, then recorded as `worker_exited` item errors (see `lifecycle`).
 
 mod lifecycle;
+mod outcomes;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::process::{Event, WorkerProcess};
 use super::queue::{Pending, Queue};
 use super::{Command, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
-use crate::model::{JobId, JobStatus, OnError};
+use crate::model::JobId;
 use crate::protocol::{FunctionInfo, ItemOutcome, PooldMessage, WorkerMessage};
 use crate::store::Store;
 
@@ -32,6 +33,10 @@ struct InFlight {
     task_id: u64,
     job: JobId,
     pending: Pending,
+    /// The job's `timeout_s` times the chunk's items: exceeding it proves an item ran too long.
+    budget: Option<Duration>,
+    /// Set when the chunk reaches the head of its worker's queue, i.e. starts running.
+    deadline: Option<Instant>,
 }
 
 #[derive(PartialEq)]
@@ -67,6 +72,8 @@ struct Supervisor {
     next_task_id: u64,
     last_error: Option<String>,
     draining: bool,
+    /// Chunks split into single-item pieces, by (job, chunk index).
+    splits: std::collections::HashMap<(JobId, u64), outcomes::Split>,
 }
 
 pub async fn run(
@@ -98,6 +105,7 @@ pub async fn run(
         next_task_id: 0,
         last_error: None,
         draining: false,
+        splits: Default::default(),
     };
     sup.resume_unfinished_jobs().await;
     for slot in 0..sup.slots.len() {
@@ -108,6 +116,7 @@ pub async fn run(
     let mut drain_deadline = far();
     loop {
         let next_restart = sup.next_restart().unwrap_or_else(far);
+        let next_deadline = sup.next_deadline().unwrap_or_else(far);
         tokio::select! {
             _ = shutdown.cancelled(), if !sup.draining => {
                 tracing::info!(in_flight = sup.in_flight(), "pool draining");
@@ -117,6 +126,7 @@ pub async fn run(
             Some(command) = commands.recv() => sup.handle_command(command).await,
             Some(event) = events_rx.recv() => sup.handle_event(event).await,
             _ = tokio::time::sleep_until(next_restart) => sup.restart_due(),
+            _ = tokio::time::sleep_until(next_deadline) => sup.expire_deadlines(),
             _ = tokio::time::sleep_until(drain_deadline), if sup.draining => break,
         }
         if sup.draining {
@@ -172,6 +182,7 @@ impl Supervisor {
     /// The job ended in the store (cancelled, failed): forget it and stop its running chunks.
     fn drop_job(&mut self, id: JobId) {
         self.queue.remove(id);
+        self.splits.retain(|(job, _), _| *job != id);
         for slot in 0..self.slots.len() {
             if self.slots[slot].in_flight.iter().any(|f| f.job == id) {
                 self.stop_slot(slot);
@@ -228,31 +239,14 @@ impl Supervisor {
         }
         let flight = slot.in_flight.pop_front().expect("checked above");
         slot.tasks_completed += 1;
+        if let Some(next) = slot.in_flight.front_mut() {
+            next.deadline = next.budget.map(|b| Instant::now() + b);
+        }
         let Some(job) = self.queue.get_mut(flight.job) else {
             return; // the job ended meanwhile
         };
         job.in_flight -= 1;
-        let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
-        let first_error = results
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| r.error.as_ref().map(|e| (i, e.clone())));
-        let outcomes = serde_json::to_string(&results).expect("outcomes serialize");
-        self.store
-            .record_chunk(flight.job, &flight.pending.chunk, outcomes, failed);
-        let fail_fast = job.spec.on_error == OnError::FailFast;
-        if let (true, Some((i, error))) = (fail_fast, first_error) {
-            let index = flight.pending.chunk.start_index + i as u64;
-            let message = format!(
-                "item {index} failed ({}: {}); on_error is fail_fast",
-                error.kind, error.message
-            );
-            self.store
-                .finish_job_later(flight.job, JobStatus::Failed, Some(message));
-            self.drop_job(flight.job);
-        } else {
-            self.queue.retire_if_done(flight.job);
-        }
+        self.chunk_done(flight.job, flight.pending, results);
     }
 
     /// Fill every ready worker's pipeline from the queue.
@@ -286,14 +280,18 @@ impl Supervisor {
                 star: job.spec.star,
                 items: &pending.chunk.items,
             };
+            let budget = outcomes::budget(job.spec.timeout_s, pending.chunk.size);
             let mut line = serde_json::to_string(&message).expect("task serializes");
             line.push('\n');
             let slot = &mut self.slots[index];
             let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
+            let starts_now = slot.in_flight.is_empty();
             slot.in_flight.push_back(InFlight {
                 task_id,
                 job: job_id,
                 pending,
+                budget,
+                deadline: budget.filter(|_| starts_now).map(|b| Instant::now() + b),
             });
             if !sent {
                 // Its stdin is closed: it is exiting, and on_exit will requeue the chunk.
