@@ -435,14 +435,7 @@ async fn small_job_is_not_stuck_behind_a_big_one() {
     let big = app
         .submit(json!({"function": "sleep", "items": vec![0.002; 5000], "chunksize": 5}))
         .await;
-    app.wait_pool("a busy worker", |p| {
-        p["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["state"] == "busy")
-    })
-    .await;
+    app.wait_any_busy().await;
     let small = app
         .submit(json!({"function": "square", "items": [1, 2, 3]}))
         .await;

@@ -14,14 +14,7 @@ async fn sigterm_exits_zero_and_leaves_no_worker() {
     let id = app
         .submit(json!({"function": "sleep", "items": vec![0.05; 40], "chunksize": 1}))
         .await;
-    app.wait_pool("a busy worker", |p| {
-        p["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["state"] == "busy")
-    })
-    .await;
+    app.wait_any_busy().await;
     let pids = app.worker_pids().await;
     assert_eq!(pids.len(), 2);
     let status = app.terminate();

@@ -233,6 +233,18 @@ impl TestApp {
             .collect()
     }
 
+    /// Wait until some worker is running a chunk.
+    pub async fn wait_any_busy(&self) {
+        self.wait_pool("a busy worker", |p| {
+            p["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["state"] == "busy")
+        })
+        .await;
+    }
+
     /// Wait until every worker is in `state` (`idle`, `busy`); returns their pids.
     pub async fn wait_workers(&self, state: &str) -> Vec<u32> {
         let pool = self
