@@ -2,9 +2,11 @@
 //!
 //! Called by `main` (and usable from tests). Order on start: open the store (migrations), start
 //! the supervisor (which resumes unfinished jobs), serve HTTP. On shutdown (the token is
-//! cancelled): stop accepting, end streams and long-polls, let the supervisor drain running
-//! chunks within the grace period and stop every worker, then let the writer flush and close.
+//! cancelled): new jobs get 503, streams and long-polls end, the supervisor drains running
+//! chunks within the grace period and stops every worker; then HTTP stops and the writer
+//! flushes and closes.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,13 +49,27 @@ pub async fn run(
         pool_size: config.pool_size(),
         shutdown: shutdown.clone(),
     };
+    // HTTP outlives the drain: new jobs get 503 `shutting_down` while running chunks finish.
+    // Streams and long-polls watch `shutdown` itself and end at once.
+    let http_stop = CancellationToken::new();
     let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = server.await;
-    shutdown.cancel(); // if the server stopped on its own
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    let early = tokio::select! {
+        served = &mut server => {
+            shutdown.cancel(); // the server stopped on its own
+            Some(served)
+        }
+        _ = shutdown.cancelled() => None,
+    };
     if let Err(e) = supervisor.await {
         tracing::error!(error = %e, "supervisor task failed");
     }
+    http_stop.cancel();
+    let served = match early {
+        Some(served) => served,
+        None => server.await,
+    };
     store.close().await;
     drop(store);
     if tokio::time::timeout(Duration::from_secs(10), writer)
@@ -63,5 +79,7 @@ pub async fn run(
         tracing::error!("database writer did not finish in time");
     }
     tracing::info!("poold stopped");
-    served.context("HTTP server failed")
+    served
+        .context("HTTP server task failed")?
+        .context("HTTP server failed")
 }

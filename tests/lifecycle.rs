@@ -77,3 +77,48 @@ async fn workers_exit_by_themselves_when_poold_is_killed() {
             .all(|(i, r)| r["index"] == i && r["value"] == i * i)
     );
 }
+
+#[tokio::test]
+async fn during_the_shutdown_drain_new_jobs_get_503_and_running_chunks_finish() {
+    let mut app = TestApp::spawn().await;
+    let id = app
+        .submit(json!({"function": "sleep", "items": vec![1.0; 6], "chunksize": 1}))
+        .await;
+    app.wait_workers("busy").await;
+    common::signal(app.pid(), "TERM");
+    // Wait until poold has seen the signal (readiness turns 503), then submit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.get("/readyz").await.status() != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never reported shutting down"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = app
+        .post_job(&json!({"function": "square", "items": [1]}))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "shutting_down");
+    let status = app.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        app.log_text()
+    );
+
+    // Chunks that were running when SIGTERM came finished and were recorded before exit.
+    let app = TestApp::start(&app.db.clone(), &[]).await;
+    let job = app.job(&id).await;
+    assert!(
+        job["done"].as_u64().unwrap() >= 2,
+        "running chunks drained: {job}"
+    );
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(6))
+    );
+}
