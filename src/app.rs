@@ -18,6 +18,7 @@ use crate::api::{self, AppState, Limits};
 use crate::config::ServeArgs;
 use crate::events::EventBus;
 use crate::pool::{self, PoolConfig};
+use crate::retention;
 use crate::store::Store;
 
 pub async fn run(
@@ -35,6 +36,8 @@ pub async fn run(
         command: config.worker_command()?,
         drain_grace: config.shutdown_grace(),
         kill_grace: config.kill_grace(),
+        max_tasks_per_worker: config.max_tasks_per_worker,
+        memory_limit_mb: config.worker_memory_mb,
     };
     tracing::info!(workers = pool_config.size, command = ?pool_config.command, "starting pool");
     let (pool, supervisor) = pool::start(pool_config, store.clone(), shutdown.clone());
@@ -45,10 +48,20 @@ pub async fn run(
         limits: Arc::new(Limits {
             max_body_bytes: config.max_body_bytes,
             max_items_per_job: config.max_items_per_job,
+            max_queued_items: config.max_queued_items,
+            default_timeout_s: config.task_timeout,
         }),
         pool_size: config.pool_size(),
         shutdown: shutdown.clone(),
+        api_token: config.api_token.as_deref().map(Arc::from),
     };
+    if !config.retention.is_zero() {
+        tokio::spawn(retention::run(
+            store.clone(),
+            config.retention,
+            shutdown.clone(),
+        ));
+    }
     // HTTP outlives the drain: new jobs get 503 `shutting_down` while running chunks finish.
     // Streams and long-polls watch `shutdown` itself and end at once.
     let http_stop = CancellationToken::new();

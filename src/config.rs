@@ -61,6 +61,31 @@ pub struct ServeArgs {
     /// Seconds between SIGTERM and SIGKILL when a worker is stopped.
     #[arg(long, env = "POOLD_KILL_GRACE", default_value_t = 2.0)]
     pub kill_grace: f64,
+    /// Most items queued or running across all jobs; beyond it new jobs get 429 with
+    /// `Retry-After`.
+    #[arg(long, env = "POOLD_MAX_QUEUED_ITEMS", default_value_t = 10_000_000)]
+    pub max_queued_items: u64,
+    /// Default per-item time limit in seconds for jobs that set no `timeout_s` [default: none].
+    #[arg(long, env = "POOLD_TASK_TIMEOUT")]
+    pub task_timeout: Option<f64>,
+    /// Replace a worker after it has run this many chunks, like Pool's `maxtasksperchild`
+    /// [default: never].
+    #[arg(long, env = "POOLD_MAX_TASKS_PER_WORKER")]
+    pub max_tasks_per_worker: Option<u64>,
+    /// Address-space limit of each worker process in MiB (RLIMIT_AS); a worker that dies over
+    /// it fails its item as `out_of_memory` [default: none].
+    #[arg(long, env = "POOLD_WORKER_MEMORY_MB")]
+    pub worker_memory_mb: Option<u64>,
+    /// Delete finished jobs and their results this long after they finished ("7d", "12h",
+    /// "30m"; "0s" keeps them forever).
+    #[arg(long, env = "POOLD_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Bearer token required on `/v1/*` (health, metrics and docs stay open).
+    #[arg(long, env = "POOLD_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Allow binding a non-loopback address without `--api-token`.
+    #[arg(long, env = "POOLD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
     /// Log format.
     #[arg(long, env = "POOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -71,6 +96,33 @@ impl ServeArgs {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    /// Refuse settings that would be unsafe or meaningless, before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.api_token.as_deref() == Some("") {
+            bail!("--api-token / POOLD_API_TOKEN is set but empty");
+        }
+        if !self.bind.ip().is_loopback() && self.api_token.is_none() && !self.allow_unauthenticated
+        {
+            bail!(
+                "refusing to listen on {} without an API token: set POOLD_API_TOKEN \
+                 (or pass --allow-unauthenticated if the network is trusted)",
+                self.bind
+            );
+        }
+        if let Some(t) = self.task_timeout
+            && !(t.is_finite() && t > 0.0)
+        {
+            bail!("--task-timeout must be a positive number of seconds, got {t}");
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            bail!("--max-tasks-per-worker must be at least 1");
+        }
+        if self.worker_memory_mb == Some(0) {
+            bail!("--worker-memory-mb must be at least 1");
+        }
+        Ok(())
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -12,5 +12,6 @@ pub mod events;
 pub mod model;
 pub mod pool;
 pub mod protocol;
+pub mod retention;
 pub mod store;
 pub mod worker;

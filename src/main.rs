@@ -18,6 +18,7 @@ fn main() -> anyhow::Result<()> {
 #[tokio::main]
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
+    args.check()?;
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     // Tests and scripts read this line to learn the port when binding port 0.
     println!("poold listening on http://{}", listener.local_addr()?);

@@ -83,6 +83,121 @@ impl WorkerMessage {
     }
 }
 
+/// What the worker's stdout yields, line by line: a message, or a line that is not one (to log
+/// and skip). Never fails on content — invalid JSON, non-UTF-8 and over-long lines are all
+/// [`Decoded::Garbage`] — so one bad line cannot take the stream down.
+#[derive(Debug)]
+pub enum Decoded {
+    Message(WorkerMessage),
+    Garbage {
+        error: String,
+        /// The start of the line, lossily decoded, for the log.
+        excerpt: String,
+    },
+}
+
+/// Splits a worker's stdout into lines of at most `max_line` bytes and parses each one.
+/// Used by `pool::process` with `FramedRead`.
+#[derive(Debug)]
+pub struct MessageCodec {
+    max_line: usize,
+    /// How far the buffer was already searched for a newline.
+    scanned: usize,
+    /// Dropping the rest of an over-long line, up to its newline.
+    discarding: bool,
+}
+
+impl MessageCodec {
+    pub fn new(max_line: usize) -> Self {
+        Self {
+            max_line,
+            scanned: 0,
+            discarding: false,
+        }
+    }
+
+    fn decode_line(line: &[u8]) -> Decoded {
+        let excerpt = || String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+        match std::str::from_utf8(line) {
+            Ok(text) => match WorkerMessage::parse(text.trim_end_matches('\r')) {
+                Ok(message) => Decoded::Message(message),
+                Err(e) => Decoded::Garbage {
+                    error: e.to_string(),
+                    excerpt: excerpt(),
+                },
+            },
+            Err(e) => Decoded::Garbage {
+                error: format!("not UTF-8: {e}"),
+                excerpt: excerpt(),
+            },
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for MessageCodec {
+    type Item = Decoded;
+    type Error = std::io::Error;
+
+    fn decode(
+        &mut self,
+        buf: &mut tokio_util::bytes::BytesMut,
+    ) -> Result<Option<Decoded>, std::io::Error> {
+        loop {
+            let newline = buf[self.scanned..].iter().position(|&b| b == b'\n');
+            match (newline, self.discarding) {
+                (Some(at), true) => {
+                    let _ = buf.split_to(self.scanned + at + 1);
+                    self.scanned = 0;
+                    self.discarding = false;
+                }
+                (Some(at), false) => {
+                    let line = buf.split_to(self.scanned + at + 1);
+                    self.scanned = 0;
+                    return Ok(Some(Self::decode_line(&line[..line.len() - 1])));
+                }
+                (None, true) => {
+                    buf.clear();
+                    self.scanned = 0;
+                    return Ok(None);
+                }
+                (None, false) if buf.len() > self.max_line => {
+                    let excerpt = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+                    buf.clear();
+                    self.scanned = 0;
+                    self.discarding = true;
+                    return Ok(Some(Decoded::Garbage {
+                        error: format!("line longer than {} bytes, dropped", self.max_line),
+                        excerpt,
+                    }));
+                }
+                (None, false) => {
+                    self.scanned = buf.len();
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(
+        &mut self,
+        buf: &mut tokio_util::bytes::BytesMut,
+    ) -> Result<Option<Decoded>, std::io::Error> {
+        match self.decode(buf)? {
+            Some(decoded) => Ok(Some(decoded)),
+            None if buf.is_empty() || self.discarding => {
+                buf.clear();
+                Ok(None)
+            }
+            None => {
+                // A last line without its newline.
+                let line = buf.split();
+                self.scanned = 0;
+                Ok(Some(Self::decode_line(&line)))
+            }
+        }
+    }
+}
+
 /// A task from poold to the worker: run `function` over `items`. Serialized with
 /// `"type": "task"`; the worker side reads it as a plain struct (see [`Task`]).
 #[derive(Debug, Serialize)]
@@ -152,6 +267,91 @@ impl ItemError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use tokio_util::bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    const HELLO: &str = r#"{"type":"hello","protocol":1,"pid":7,"functions":[]}"#;
+
+    /// Feed `input` to a codec in the given piece sizes, then end the stream.
+    fn decode_all(input: &[u8], pieces: &[usize], max_line: usize) -> Vec<Decoded> {
+        let mut codec = MessageCodec::new(max_line);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut rest = input;
+        for &n in pieces.iter().chain(std::iter::repeat(&usize::MAX)) {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at(n.clamp(1, rest.len()));
+            rest = tail;
+            buf.extend_from_slice(piece);
+            while let Some(d) = codec.decode(&mut buf).unwrap() {
+                out.push(d);
+            }
+        }
+        while let Some(d) = codec.decode_eof(&mut buf).unwrap() {
+            out.push(d);
+        }
+        out
+    }
+
+    fn messages(decoded: &[Decoded]) -> usize {
+        decoded
+            .iter()
+            .filter(|d| matches!(d, Decoded::Message(_)))
+            .count()
+    }
+
+    proptest! {
+        /// Garbage of any kind, cut anywhere, never panics and never fails the stream.
+        #[test]
+        fn decoder_survives_any_bytes(
+            input in proptest::collection::vec(any::<u8>(), 0..4096),
+            pieces in proptest::collection::vec(1usize..300, 0..40),
+            max_line in 1usize..512,
+        ) {
+            decode_all(&input, &pieces, max_line);
+        }
+
+        /// Valid messages around garbage lines (non-UTF-8, bad JSON, over-long, partial
+        /// writes) all come through, in order.
+        #[test]
+        fn messages_survive_garbage_between_them(
+            garbage in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..600),
+                1..8),
+            pieces in proptest::collection::vec(1usize..97, 0..60),
+        ) {
+            let mut input = Vec::new();
+            for g in &garbage {
+                input.extend_from_slice(HELLO.as_bytes());
+                input.push(b'\n');
+                input.extend_from_slice(g);
+                input.push(b'\n');
+            }
+            input.extend_from_slice(HELLO.as_bytes()); // the last line has no newline
+            let decoded = decode_all(&input, &pieces, 256);
+            prop_assert!(messages(&decoded) > garbage.len());
+        }
+    }
+
+    #[test]
+    fn long_lines_are_dropped_and_the_stream_goes_on() {
+        let mut input = vec![b'x'; 10_000];
+        input.push(b'\n');
+        input.extend_from_slice(&[0xff, 0xfe, b'\n']);
+        input.extend_from_slice(HELLO.as_bytes());
+        input.push(b'\n');
+        let decoded = decode_all(&input, &[1000], 512);
+        assert!(matches!(&decoded[0], Decoded::Garbage { error, .. } if error.contains("longer")));
+        assert!(matches!(&decoded[1], Decoded::Garbage { error, .. } if error.contains("UTF-8")));
+        assert!(matches!(
+            &decoded[2],
+            Decoded::Message(WorkerMessage::Hello { pid: 7, .. })
+        ));
+        assert_eq!(decoded.len(), 3);
+    }
 
     #[test]
     fn result_with_raw_values_round_trips() {

@@ -109,3 +109,199 @@ async fn a_poison_item_fails_alone_and_the_other_nine_succeed() {
         "2 runs of the whole chunk and 2 of the poison piece kill workers: {pool}"
     );
 }
+
+/// A Python worker whose functions misbehave on purpose: one leaves a grandchild behind and
+/// hangs, one allocates until its memory limit stops it, one names its process. Unlike the
+/// SDK worker it catches nothing, so an exception kills it (as an allocation failure does).
+const UNRULY_WORKER: &str = r#"
+import json, os, subprocess, sys, time
+
+def spawn_and_hang(pidfile):
+    child = subprocess.Popen(["sleep", "300"])
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(300)
+
+def hog(mb):
+    block = bytearray(mb * 1024 * 1024)
+    return len(block)
+
+def pid(_):
+    return os.getpid()
+
+FUNCS = {"spawn_and_hang": spawn_and_hang, "hog": hog, "pid": pid}
+print(json.dumps({"type": "hello", "protocol": 1, "pid": os.getpid(),
+                  "functions": [{"name": n, "doc": ""} for n in FUNCS]}), flush=True)
+for line in sys.stdin:
+    task = json.loads(line)
+    out = [{"value": FUNCS[task["function"]](item)} for item in task["items"]]
+    print(json.dumps({"type": "result", "id": task["id"], "results": out}), flush=True)
+"#;
+
+#[tokio::test]
+async fn a_timed_out_worker_leaves_no_grandchild_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "1",
+        "--kill-grace",
+        "1",
+        "--worker-command",
+        &command,
+    ])
+    .await;
+    let pidfile = dir.path().join("grandchild.pid");
+    let id = app
+        .submit(json!({"function": "spawn_and_hang", "items": [pidfile], "timeout_s": 1}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["failed"], 1, "{job}");
+    assert_eq!(app.results(&id).await[0]["error"]["type"], "timeout");
+    let grandchild: u32 = std::fs::read_to_string(&pidfile)
+        .expect("the worker wrote its grandchild's pid")
+        .parse()
+        .unwrap();
+    assert!(
+        common::wait_dead(&[grandchild], Duration::from_secs(5))
+            .await
+            .is_empty(),
+        "grandchild {grandchild} survived its worker's timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "1",
+        "--worker-memory-mb",
+        "300",
+        "--worker-command",
+        &command,
+    ])
+    .await;
+    let id = app
+        .submit(json!({"function": "hog", "items": [1, 2000, 2], "chunksize": 3}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failed"].as_u64()),
+        (Some("completed"), Some(1)),
+        "{job}"
+    );
+    let results = app.results(&id).await;
+    assert_eq!(results[0]["value"], 1024 * 1024);
+    assert_eq!(results[2]["value"], 2 * 1024 * 1024);
+    let error = &results[1]["error"];
+    assert_eq!(error["type"], "out_of_memory", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("300 MiB") && message.contains("MemoryError"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn workers_are_recycled_after_max_tasks_per_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "1",
+        "--max-tasks-per-worker",
+        "2",
+        "--worker-command",
+        &command,
+    ])
+    .await;
+    let id = app
+        .submit(json!({"function": "pid", "items": (0..10).collect::<Vec<_>>(), "chunksize": 1}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["failed"].as_u64()),
+        (Some("completed"), Some(0)),
+        "{job}"
+    );
+    let pids: Vec<u64> = app
+        .results(&id)
+        .await
+        .iter()
+        .map(|r| r["value"].as_u64().unwrap())
+        .collect();
+    // Ten one-item chunks, two per process: five processes, each running two in a row.
+    for pair in pids.chunks(2) {
+        assert_eq!(pair[0], pair[1], "{pids:?}");
+    }
+    let mut distinct = pids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5, "{pids:?}");
+}
+
+#[tokio::test]
+async fn the_server_default_timeout_applies_to_jobs_without_one() {
+    let app =
+        TestApp::spawn_with(&["--workers", "1", "--kill-grace", "1", "--task-timeout", "1"]).await;
+    let id = app
+        .submit(json!({"function": "sleep", "items": [30, 0.01]}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["timeout_s"], 1.0, "{job}");
+    let results = app.results(&id).await;
+    assert_eq!(results[0]["error"]["type"], "timeout", "{}", results[0]);
+    assert_eq!(results[1]["value"], 0.01);
+    // A job's own timeout_s wins over the default.
+    let id = app
+        .submit(json!({"function": "sleep", "items": [1.5], "timeout_s": 5}))
+        .await;
+    assert_eq!(app.wait_job(&id).await["failed"], 0);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_chunk_is_replaced_and_the_chunk_retried() {
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let items = vec![0.2; 10];
+    let id = app
+        .submit(json!({"function": "sleep", "items": items, "chunksize": 10, "max_attempts": 2}))
+        .await;
+    app.wait_any_busy().await;
+    let victim = app.worker_pids().await[0];
+    common::signal(victim, "KILL");
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(10), Some(0)),
+        "{job}"
+    );
+    assert!(app.results(&id).await.iter().all(|r| r["value"] == 0.2));
+    let now = app.wait_workers("idle").await;
+    assert_ne!(now, vec![victim], "the killed worker was replaced");
+}
+
+#[tokio::test]
+async fn a_chunk_that_keeps_killing_workers_fails_with_the_exit_and_stderr() {
+    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+    let id = app
+        .submit(json!({"function": "crash", "items": [7], "max_attempts": 2}))
+        .await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["failed"], 1, "{job}");
+    let error = &app.results(&id).await[0]["error"];
+    assert_eq!(error["type"], "worker_exited", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("exit code 7"),
+        "{error}"
+    );
+    let pool = app.pool().await;
+    assert!(
+        pool["workers"][0]["restarts"].as_u64().unwrap() >= 2,
+        "{pool}"
+    );
+}

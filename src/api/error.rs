@@ -28,6 +28,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    TooManyQueued(String),
     #[error("the pool is closed to new jobs (POST /v1/pool/open reopens it)")]
     PoolClosed,
     #[error("poold is shutting down")]
@@ -70,6 +74,8 @@ impl ApiError {
             UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            TooManyQueued(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_queued_items"),
             PoolClosed => (StatusCode::SERVICE_UNAVAILABLE, "pool_closed"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -102,10 +108,18 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             "application/problem+json".parse().expect("valid header"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, "5".parse().expect("valid header"));
+        let headers = response.headers_mut();
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            headers.insert(header::RETRY_AFTER, "5".parse().expect("valid header"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                r#"Bearer realm="poold""#.parse().expect("valid header"),
+            );
         }
         response
     }

@@ -52,7 +52,8 @@ pub struct CreateJob {
     /// Items per chunk sent to a worker (>= 1). Default: automatic, like `Pool.map`
     /// (`ceil(len / (4 * workers))`, at most 1000).
     chunksize: Option<i64>,
-    /// Per-item time limit in seconds (> 0). An item over it fails with a `timeout` error and
+    /// Per-item time limit in seconds (> 0); default: the server's `--task-timeout`, if any.
+    /// An item over it fails with a `timeout` error and
     /// its worker is stopped (SIGTERM, then SIGKILL) and replaced; the rest of its chunk completes.
     timeout_s: Option<f64>,
     /// Runs per chunk when its worker dies (1 to 100). Default 1. A chunk that still kills its
@@ -82,6 +83,8 @@ pub struct CreateJob {
     (status = 400, description = "Malformed JSON or invalid fields", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "Body or item count over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, body = Problem, content_type = "application/problem+json"),
+    (status = 429, description = "`too_many_queued_items`: the server's queue is full; see `Retry-After`", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
     (status = 422, description = "`unknown_function`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "`pool_closed`, `shutting_down`, or `not_ready` (no worker has started)", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -102,6 +105,7 @@ async fn create_job(
     }
     let items = std::mem::take(&mut request.items);
     let spec = validate(&state, request, &items)?;
+    admit(&state, items.len() as u64).await?;
     let functions = state
         .pool
         .functions(Duration::from_secs(10))
@@ -179,6 +183,20 @@ async fn earlier_job(
     }
 }
 
+/// Admission control: refuse (429, `Retry-After`) a job that would take the items queued or
+/// running across all jobs over `--max-queued-items`.
+async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> {
+    let limit = state.limits.max_queued_items;
+    let queued = state.store.unfinished_items().await?;
+    if queued.saturating_add(items) > limit {
+        return Err(ApiError::TooManyQueued(format!(
+            "{queued} items are queued or running and this job adds {items}, over the limit of \
+             {limit}; retry later"
+        )));
+    }
+    Ok(())
+}
+
 /// Check the request (its items taken out) and apply defaults.
 fn validate(
     state: &AppState,
@@ -240,7 +258,7 @@ fn validate(
         kwargs,
         star: request.star,
         chunksize,
-        timeout_s: request.timeout_s,
+        timeout_s: request.timeout_s.or(state.limits.default_timeout_s),
         max_attempts: max_attempts as u32,
         on_error: request.on_error.map_or(OnError::Continue, OnError::from),
         priority: request.priority.unwrap_or(0),

@@ -5,6 +5,7 @@
 //! (Swagger UI, vendored so it works offline). [`openapi`] builds the spec that
 //! `openapi/openapi.json` must match (see `tests/openapi.rs`).
 
+mod auth;
 mod dto;
 mod error;
 mod events;
@@ -33,6 +34,10 @@ use crate::store::Store;
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_items_per_job: usize,
+    /// Items queued or running across all jobs beyond which new jobs get 429.
+    pub max_queued_items: u64,
+    /// `timeout_s` for jobs that set none.
+    pub default_timeout_s: Option<f64>,
 }
 
 /// What every handler can reach.
@@ -46,6 +51,8 @@ pub struct AppState {
     pub pool_size: usize,
     /// Cancelled when poold shuts down: long-polls and streams end.
     pub shutdown: CancellationToken,
+    /// Required as a bearer token on `/v1/*` when set.
+    pub api_token: Option<Arc<str>>,
 }
 
 #[derive(OpenApi)]
@@ -66,28 +73,36 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The routes with their spec, complete (the bearer requirement is added once all paths are in).
+fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(jobs::router())
         .merge(results::router())
         .merge(events::router())
         .merge(pool::router())
         .merge(health::router())
+        .split_for_parts();
+    utoipa::Modify::modify(&auth::BearerOnV1, &mut spec);
+    (router, spec)
 }
 
 /// The OpenAPI document of this build.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    routes().1
 }
 
 pub fn router(state: AppState) -> axum::Router {
-    let (router, spec) = routes().split_for_parts();
+    let (router, spec) = routes();
     let body_limit = state.limits.max_body_bytes;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

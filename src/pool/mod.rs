@@ -31,6 +31,10 @@ pub struct PoolConfig {
     pub drain_grace: Duration,
     /// Between SIGTERM and SIGKILL when a worker is stopped.
     pub kill_grace: Duration,
+    /// Replace a worker after this many chunks (Pool's `maxtasksperchild`).
+    pub max_tasks_per_worker: Option<u64>,
+    /// Address-space limit (RLIMIT_AS) of each worker process, in MiB.
+    pub memory_limit_mb: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +23,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
-use crate::protocol::{MAX_LINE_BYTES, WorkerMessage};
+use crate::protocol::{Decoded, MAX_LINE_BYTES, MessageCodec, WorkerMessage};
 
 /// How many stderr lines of a worker are kept for its crash report.
 const STDERR_TAIL_LINES: usize = 20;
@@ -83,15 +84,27 @@ pub fn spawn(
     origin: Origin,
     events: mpsc::UnboundedSender<Event>,
     kill_grace: Duration,
+    memory_limit_mb: Option<u64>,
 ) -> std::io::Result<WorkerProcess> {
-    let mut child = Command::new(&command.program)
+    let mut builder = Command::new(&command.program);
+    builder
         .args(&command.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some(mb) = memory_limit_mb {
+        let bytes = mb.saturating_mul(1024 * 1024);
+        // SAFETY: between fork and exec the closure only makes the setrlimit system call,
+        // which is async-signal-safe, and allocates nothing.
+        unsafe {
+            builder.pre_exec(move || {
+                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = builder.spawn()?;
     let pid = child.id().expect("a just-spawned child has a pid");
     let stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -142,15 +155,13 @@ async fn own_child(
     kill_grace: Duration,
 ) -> std::io::Result<ExitStatus> {
     let pid = Pid::from_raw(child.id().unwrap_or(0) as i32);
-    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let mut lines = FramedRead::new(stdout, MessageCodec::new(MAX_LINE_BYTES));
     let stop_asked = loop {
         tokio::select! {
             _ = &mut stop => break true,
             line = lines.next() => match line {
-                Some(Ok(line)) => match WorkerMessage::parse(&line) {
-                    Ok(message) => { let _ = events.send(Event::Message(origin, message)); }
-                    Err(e) => tracing::warn!(worker = origin.slot, error = %e, line = %truncate(&line, 200), "skipping a stdout line that is not a protocol message"),
-                },
+                Some(Ok(Decoded::Message(message))) => { let _ = events.send(Event::Message(origin, message)); }
+                Some(Ok(Decoded::Garbage { error, excerpt })) => tracing::warn!(worker = origin.slot, %error, line = %excerpt, "skipping a stdout line that is not a protocol message"),
                 Some(Err(e)) => {
                     tracing::error!(worker = origin.slot, error = %e, "worker stdout unreadable; stopping it");
                     break true;
@@ -228,12 +239,5 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
             (None, None) => "unknown exit status".to_string(),
         },
         Err(e) => format!("could not be waited for: {e}"),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

@@ -143,6 +143,16 @@ impl Store {
         }
     }
 
+    /// Delete the jobs (with their chunks and results) finished more than `age` ago.
+    /// Returns how many were deleted.
+    pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
+        let before = now() - age;
+        match self.writer.call(Op::PurgeFinished { before }).await? {
+            Outcome::Purged(n) => Ok(n),
+            other => unreachable!("purge_finished answered {other:?}"),
+        }
+    }
+
     // ---- reads ----
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -190,6 +200,16 @@ impl Store {
     }
 
     /// Jobs the supervisor must run: queued or running, highest priority first.
+    /// Items of unfinished jobs that have no outcome yet (queued or running).
+    pub async fn unfinished_items(&self) -> Result<u64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "select coalesce(sum(total - done), 0) from jobs where status in ('queued', 'running')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(
             "select * from jobs where status in ('queued', 'running') order by priority desc, id",

@@ -66,6 +66,10 @@ pub enum Op {
     DeleteJob {
         id: JobId,
     },
+    /// Delete every job finished before `before` (retention).
+    PurgeFinished {
+        before: OffsetDateTime,
+    },
 }
 
 #[derive(Debug)]
@@ -73,6 +77,7 @@ pub enum Outcome {
     Done,
     Changed(bool),
     Deleted(DeleteOutcome),
+    Purged(u64),
 }
 
 struct Request {
@@ -126,7 +131,7 @@ async fn run(
         let mut changed = BTreeSet::new();
         match apply_batch(&mut conn, &requests).await {
             Ok(outcomes) => {
-                changed.extend(requests.iter().map(|r| r.op.job_id()));
+                changed.extend(requests.iter().filter_map(|r| r.op.job_id()));
                 notify(&on_commit, &changed);
                 for (request, outcome) in requests.into_iter().zip(outcomes) {
                     reply(request, Ok(outcome));
@@ -134,7 +139,7 @@ async fn run(
             }
             Err(e) if requests.len() == 1 => {
                 let request = requests.into_iter().next().expect("one request");
-                tracing::error!(error = %e, job.id = %request.op.job_id(), "database write failed");
+                tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write failed");
                 reply(request, Err(e));
             }
             Err(e) => {
@@ -143,11 +148,11 @@ async fn run(
                     let one = std::slice::from_ref(&request);
                     match apply_batch(&mut conn, one).await {
                         Ok(mut outcome) => {
-                            changed.insert(request.op.job_id());
+                            changed.extend(request.op.job_id());
                             reply(request, Ok(outcome.remove(0)));
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, job.id = %request.op.job_id(), "database write failed");
+                            tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write failed");
                             reply(request, Err(e));
                         }
                     }
@@ -193,13 +198,15 @@ async fn apply_batch(conn: &mut SqliteConnection, requests: &[Request]) -> Resul
 }
 
 impl Op {
-    fn job_id(&self) -> JobId {
+    /// The job whose stored state the op changes (a purge changes only jobs that are gone).
+    fn job_id(&self) -> Option<JobId> {
         match self {
-            Op::CreateJob(new) => new.job.id,
+            Op::CreateJob(new) => Some(new.job.id),
             Op::MarkStarted { id, .. }
             | Op::RecordChunk { id, .. }
             | Op::FinishJob { id, .. }
-            | Op::DeleteJob { id } => *id,
+            | Op::DeleteJob { id } => Some(*id),
+            Op::PurgeFinished { .. } => None,
         }
     }
 
@@ -394,6 +401,28 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
                 sqlx::query(sql).bind(&id).execute(&mut *conn).await?;
             }
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
+        }
+        Op::PurgeFinished { before } => {
+            // The expired jobs' results and chunks first, then the jobs, with one cutoff.
+            let cutoff = format_time(*before);
+            for sql in [
+                "delete from results where job_id in (select id from jobs
+                    where status in ('completed', 'failed', 'cancelled')
+                      and julianday(finished_at) < julianday(?1))",
+                "delete from chunks where job_id in (select id from jobs
+                    where status in ('completed', 'failed', 'cancelled')
+                      and julianday(finished_at) < julianday(?1))",
+            ] {
+                sqlx::query(sql).bind(&cutoff).execute(&mut *conn).await?;
+            }
+            let jobs = sqlx::query(
+                "delete from jobs where status in ('completed', 'failed', 'cancelled')
+                   and julianday(finished_at) < julianday(?1)",
+            )
+            .bind(&cutoff)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Outcome::Purged(jobs.rows_affected()))
         }
     }
 }

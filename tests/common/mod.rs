@@ -376,3 +376,21 @@ fn uuid_like() -> String {
         N.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// The real Python interpreter (not a version-manager shim, which is slow to start).
+pub fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python3 failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Write a worker script (Python, speaking the worker protocol) into `dir` and return the
+/// `--worker-command` that runs it.
+pub fn python_worker(dir: &Path, name: &str, source: &str) -> String {
+    let script = dir.join(name);
+    std::fs::write(&script, source).expect("write worker script");
+    format!("{} {}", python(), script.display())
+}

@@ -45,11 +45,13 @@ impl Supervisor {
             origin,
             self.events.clone(),
             self.config.kill_grace,
+            self.config.memory_limit_mb,
         ) {
             Ok(process) => {
                 tracing::debug!(worker = index, pid = process.pid, "worker spawned");
                 slot.process = Some(process);
                 slot.state = SlotState::Starting;
+                slot.tasks_sent = 0;
             }
             Err(e) => {
                 let error = format!(
@@ -168,15 +170,42 @@ impl Supervisor {
             self.queue.requeue(flight.job, flight.pending);
             return;
         }
-        let mut message = format!(
-            "the worker process exited ({}) while running this item's chunk",
-            exit.how
-        );
+        let (code, mut message) = match self.config.memory_limit_mb {
+            Some(mb) if ran_out_of_memory(&exit.stderr_tail) => (
+                "out_of_memory",
+                format!(
+                    "the worker process ran out of memory (its limit is {mb} MiB, \
+                     --worker-memory-mb) and exited ({}) while running this item's chunk",
+                    exit.how
+                ),
+            ),
+            _ => (
+                "worker_exited",
+                format!(
+                    "the worker process exited ({}) while running this item's chunk",
+                    exit.how
+                ),
+            ),
+        };
         if !exit.stderr_tail.is_empty() {
             message.push_str("; its stderr ended with:\n");
             message.push_str(&exit.stderr_tail);
         }
-        self.chunk_went_wrong(flight.job, flight.pending, "worker_exited", message);
+        self.chunk_went_wrong(flight.job, flight.pending, code, message);
+    }
+
+    /// A worker that has run `--max-tasks-per-worker` chunks and has none left in flight is
+    /// replaced, like Pool's `maxtasksperchild`.
+    pub(super) fn recycle_if_spent(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        let spent = self
+            .config
+            .max_tasks_per_worker
+            .is_some_and(|max| slot.tasks_sent >= max);
+        if spent && slot.in_flight.is_empty() && slot.state == SlotState::Ready {
+            tracing::info!(worker = index, tasks = slot.tasks_sent, "recycling worker");
+            self.stop_slot(index);
+        }
     }
 
     /// Stop every worker and wait (bounded) until each one has been reaped.
@@ -207,4 +236,18 @@ impl Supervisor {
         }
         tracing::info!("all workers stopped");
     }
+}
+
+/// Whether a worker's last stderr lines show an allocation failure (Python's `MemoryError`,
+/// Rust's "memory allocation of N bytes failed", C's ENOMEM, C++'s `bad_alloc`).
+fn ran_out_of_memory(stderr_tail: &str) -> bool {
+    [
+        "MemoryError",
+        "memory allocation of",
+        "Cannot allocate memory",
+        "out of memory",
+        "bad_alloc",
+    ]
+    .iter()
+    .any(|sign| stderr_tail.contains(sign))
 }

@@ -56,6 +56,8 @@ struct Slot {
     process: Option<WorkerProcess>,
     in_flight: VecDeque<InFlight>,
     tasks_completed: u64,
+    /// Chunks sent to its current process (for `--max-tasks-per-worker`).
+    tasks_sent: u64,
     restarts: u64,
     backoff: Duration,
     /// Its process was refused (protocol mismatch): respawn only after the back-off.
@@ -92,6 +94,7 @@ pub async fn run(
                 process: None,
                 in_flight: VecDeque::new(),
                 tasks_completed: 0,
+                tasks_sent: 0,
                 restarts: 0,
                 backoff: MIN_BACKOFF,
                 refused: false,
@@ -247,6 +250,7 @@ impl Supervisor {
         };
         job.in_flight -= 1;
         self.chunk_done(flight.job, flight.pending, results);
+        self.recycle_if_spent(index);
     }
 
     /// Fill every ready worker's pipeline from the queue.
@@ -254,8 +258,13 @@ impl Supervisor {
         loop {
             let free = (0..self.slots.len())
                 .filter(|&i| {
-                    self.slots[i].state == SlotState::Ready
-                        && self.slots[i].in_flight.len() < PIPELINE
+                    let slot = &self.slots[i];
+                    slot.state == SlotState::Ready
+                        && slot.in_flight.len() < PIPELINE
+                        && self
+                            .config
+                            .max_tasks_per_worker
+                            .is_none_or(|max| slot.tasks_sent < max)
                 })
                 .min_by_key(|&i| self.slots[i].in_flight.len());
             let Some(index) = free else { return };
@@ -286,6 +295,7 @@ impl Supervisor {
             let slot = &mut self.slots[index];
             let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
             let starts_now = slot.in_flight.is_empty();
+            slot.tasks_sent += 1;
             slot.in_flight.push_back(InFlight {
                 task_id,
                 job: job_id,
