@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the HTTP service and its worker pool.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the built-in worker (spawned by `serve`; speaks the worker protocol on stdin/stdout).
     Worker,
 }

@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         CliCommand::Worker => poold::worker::run(),
-        CliCommand::Serve(args) => serve(args),
+        CliCommand::Serve(args) => serve(*args),
     }
 }
 

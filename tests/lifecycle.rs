@@ -122,3 +122,50 @@ async fn during_the_shutdown_drain_new_jobs_get_503_and_running_chunks_finish() 
         (Some("completed"), Some(6))
     );
 }
+
+#[tokio::test]
+async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("poold.db");
+    let mut app = TestApp::start(&db, &[]).await;
+    let total = 2000;
+    let id = app
+        .submit(json!({"function": "sleep", "items": vec![0.003; total], "chunksize": 4}))
+        .await;
+    // Kill at varied moments: during recovery, early, mid-chunk, later.
+    for delay_ms in [300, 20, 450, 120, 600, 0] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let pids = app.worker_pids().await;
+        eprintln!("kill -9 at done = {}", app.job(&id).await["done"]);
+        let status = app.kill9();
+        assert!(!status.success());
+        assert!(
+            wait_dead(&pids, Duration::from_secs(5)).await.is_empty(),
+            "workers outlived a killed poold"
+        );
+        app = TestApp::start(&db, &[]).await;
+    }
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["total"].as_u64(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (
+            Some("completed"),
+            Some(total as u64),
+            Some(total as u64),
+            Some(0)
+        ),
+        "{job}"
+    );
+    let results = app.results(&id).await;
+    let indices: Vec<u64> = results
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, (0..total as u64).collect::<Vec<_>>());
+    assert!(results.iter().all(|r| r["value"] == 0.003));
+}
