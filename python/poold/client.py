@@ -68,8 +68,12 @@ class Pool:
         self._check_running()
         return self
 
-    def __exit__(self, *exc):
-        self.terminate()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.terminate()
+        except PooldError:
+            if exc_type is None:
+                raise  # else keep the exception that is already on its way out
 
     def close(self):
         """Submit no more jobs through this object (``Pool.close``)."""
@@ -85,7 +89,7 @@ class Pool:
             try:
                 self._http.request("POST", f"/v1/jobs/{id_}/cancel")
             except PooldError as e:
-                if e.status != 404:
+                if e.status != 404:  # a job deleted meanwhile needs no cancelling
                     raise
 
     def join(self):

@@ -21,8 +21,9 @@ class RemoteError(Exception):
     exception's; ``index`` is the item's index in the job and ``job_id`` the job. When the
     remote type is a built-in exception (``ValueError``, ``KeyError``, …) the instance raised
     is also an instance of that type, so ``except ValueError`` works as it does with
-    ``multiprocessing.Pool``. Types that are not Python's (``timeout``, ``worker_exited``)
-    come as plain ``RemoteError``.
+    ``multiprocessing.Pool``. Types that are not Python's (``timeout``, ``worker_exited``),
+    and ``StopIteration`` (which would end a ``for`` loop over ``imap`` quietly), come as
+    plain ``RemoteError``.
     """
 
     def __init__(self, type_name, message, traceback=None, index=None, job_id=None):
@@ -60,7 +61,12 @@ def _class_for(type_name):
         return cls
     cls = RemoteError
     base = getattr(builtins, type_name, None)
-    if isinstance(base, type) and issubclass(base, Exception) and base is not Exception:
+    # Never a StopIteration: raised from an iterator's __next__ it would end the loop quietly.
+    if (
+        isinstance(base, type)
+        and issubclass(base, Exception)
+        and base not in (Exception, StopIteration, StopAsyncIteration)
+    ):
         try:
             cls = type(type_name, (RemoteError, base), {"__module__": "poold.remote"})
         except TypeError:  # an incompatible layout

@@ -43,6 +43,12 @@ def fail_on_three(x):
     return x
 
 
+def stop_on_two(x):
+    if x == 2:
+        raise StopIteration("two")
+    return x
+
+
 def key_error(key):
     return {"a": 1}[key]
 

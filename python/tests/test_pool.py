@@ -155,6 +155,13 @@ class PoolTest(unittest.TestCase):
             next(it)
         self.assertEqual(list(it), [4, 5])
 
+    def test_a_remote_stop_iteration_does_not_end_imap_quietly(self):
+        it = self.pool.imap(sdk_funcs.stop_on_two, range(4))
+        with self.assertRaises(poold.RemoteError) as caught:
+            list(it)
+        self.assertEqual((caught.exception.type_name, caught.exception.index), ("StopIteration", 2))
+        self.assertEqual(list(it), [3])
+
     # ---- item logs ----
 
     def test_prints_land_in_item_logs(self):
