@@ -120,11 +120,13 @@ pub struct Job {
 }
 
 /// One recorded item outcome. Exactly one of `value` and `error` is set; both are JSON text.
+/// `log` is what the function printed while it ran (bounded), if anything.
 #[derive(Debug)]
 pub struct ItemResult {
     pub index: u64,
     pub value: Option<Box<RawValue>>,
     pub error: Option<Box<RawValue>>,
+    pub log: Option<String>,
 }
 
 /// A slice of a job's items, the unit of dispatch to a worker.

@@ -226,13 +226,23 @@ pub struct Task {
     pub items: Vec<serde_json::Value>,
 }
 
-/// One item's outcome: `{"value": …}` or `{"error": {"type","message","traceback"}}`.
+/// The most log text kept per item; the rest is cut and [`LOG_TRUNCATED`] appended.
+pub const MAX_ITEM_LOG_BYTES: usize = 64 * 1024;
+
+/// Appended to an item log that was cut at [`MAX_ITEM_LOG_BYTES`].
+pub const LOG_TRUNCATED: &str = "\n…[truncated]";
+
+/// One item's outcome: `{"value": …}` or `{"error": {"type","message","traceback"}}`, with
+/// an optional `"log"`: what the function printed while it ran (an extension of version 1
+/// that older workers simply never send).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ItemError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 /// An item error, shaped like a Python exception.
@@ -250,6 +260,24 @@ impl ItemOutcome {
         Self {
             value: None,
             error: Some(ItemError::new(kind, message)),
+            log: None,
+        }
+    }
+
+    /// Drop an empty log and cut a long one to [`MAX_ITEM_LOG_BYTES`] (on a character
+    /// boundary), marking the cut: a chatty function must not bloat the database.
+    pub fn bound_log(&mut self) {
+        match &mut self.log {
+            Some(log) if log.is_empty() => self.log = None,
+            Some(log) if log.len() > MAX_ITEM_LOG_BYTES => {
+                let mut end = MAX_ITEM_LOG_BYTES;
+                while !log.is_char_boundary(end) {
+                    end -= 1;
+                }
+                log.truncate(end);
+                log.push_str(LOG_TRUNCATED);
+            }
+            _ => {}
         }
     }
 }
@@ -364,6 +392,31 @@ mod tests {
         assert_eq!(results[1].error.as_ref().unwrap().kind, "ValueError");
         assert!(results[2].value.is_none() && results[2].error.is_none());
         assert!(WorkerMessage::parse(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn item_logs_are_optional_and_bounded() {
+        let line = r#"{"type":"result","id":1,"results":[{"value":1,"log":"hi\n"},{"value":2,"log":""},{"value":3}]}"#;
+        let WorkerMessage::Result { mut results, .. } = WorkerMessage::parse(line).unwrap() else {
+            panic!("not a result")
+        };
+        results.iter_mut().for_each(ItemOutcome::bound_log);
+        let logs: Vec<_> = results.iter().map(|r| r.log.as_deref()).collect();
+        assert_eq!(logs, [Some("hi\n"), None, None]);
+
+        // A multi-byte character straddling the limit is not split.
+        let mut long = ItemOutcome::error("E", "m");
+        long.log = Some(format!(
+            "{}é{}",
+            "a".repeat(MAX_ITEM_LOG_BYTES - 1),
+            "b".repeat(10)
+        ));
+        long.bound_log();
+        let log = long.log.unwrap();
+        assert_eq!(
+            log,
+            format!("{}{LOG_TRUNCATED}", "a".repeat(MAX_ITEM_LOG_BYTES - 1))
+        );
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub struct JobDto {
     pub error: Option<String>,
 }
 
-/// One item's outcome: `value`, or `error` as `{"type","message","traceback"}`.
+/// One item's outcome: `value`, or `error` as `{"type","message","traceback"}`; and `log`
+/// when the function printed something.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResultDto {
     pub index: u64,
@@ -69,6 +70,18 @@ pub struct ResultDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<ItemErrorDto>)]
     pub error: Option<Box<RawValue>>,
+    /// What the function printed while it ran on this item (its stdout, as sent by the
+    /// worker), cut at 64 KiB with a `…[truncated]` marker. Absent when it printed nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// Data of an SSE `log` event: an item's log, sent just before that item's `result` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemLogDto {
+    pub index: u64,
+    /// The same text as the `log` of the item's result.
+    pub log: String,
 }
 
 /// An item error, shaped like a Python exception.
@@ -149,6 +162,7 @@ impl From<ItemResult> for ResultDto {
             index: result.index,
             value: result.value,
             error: result.error,
+            log: result.log,
         }
     }
 }

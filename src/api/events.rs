@@ -22,7 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::dto::{JobDto, ResultDto};
+use super::dto::{ItemLogDto, JobDto, ResultDto};
 use super::error::Query;
 use super::jobs::{load_job, parse_id};
 use super::{ApiError, AppState, Problem};
@@ -73,10 +73,12 @@ pub struct Progress {
 ///
 /// Events: `progress` (data: Progress; at most ~10 per second, plus one when the job ends);
 /// `result` (data: ResultDto) whose `id` is the item index in `order=index` and the 0-based
-/// position in completion order in `order=completion`; `end` (data: the final Job), after
-/// which the stream closes. Resume with `Last-Event-ID: k` (or `?after=k`): the stream goes on
-/// after event k with no gap and no duplicate. In index order a finished job's missing items
-/// (cancelled, failed fast) are skipped. Comments keep idle connections alive.
+/// position in completion order in `order=completion`; `log` (data: ItemLogDto, no `id`),
+/// just before the `result` of an item whose function printed something; `end` (data: the
+/// final Job), after which the stream closes. Resume with `Last-Event-ID: k` (or
+/// `?after=k`): the stream goes on after event k with no gap and no duplicate (a `log` is sent
+/// again only with its `result`). In index order a finished job's missing items (cancelled,
+/// failed fast) are skipped. Comments keep idle connections alive.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventsQuery,
     ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
     responses(
@@ -208,6 +210,16 @@ async fn send_results(
                 Order::Completion => options.next,
             };
             options.next = event_id + 1;
+            // The log goes first and has no id: resuming after a result never repeats its
+            // log, and resuming before it repeats both.
+            if let Some(log) = &result.log {
+                let data = ItemLogDto {
+                    index: result.index,
+                    log: log.clone(),
+                };
+                let data = serde_json::to_string(&data).expect("log serializes");
+                send(tx, Event::default().event("log").data(data)).await?;
+            }
             let data = serde_json::to_string(&ResultDto::from(result)).expect("result serializes");
             send(
                 tx,

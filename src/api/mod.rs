@@ -69,7 +69,7 @@ pub struct AppState {
         (name = "pool", description = "The worker pool and its functions"),
         (name = "health", description = "Liveness and readiness"),
     ),
-    components(schemas(Problem))
+    components(schemas(Problem, dto::ItemLogDto))
 )]
 struct ApiDoc;
 

@@ -99,8 +99,9 @@ impl Store {
         self.writer.send(Op::MarkStarted { id, at: now() });
     }
 
-    /// Record a chunk's outcomes (a JSON array of `{"value"}`/`{"error"}`), unless the chunk
-    /// is already recorded or cancelled. Fire-and-forget: ordered before later writes.
+    /// Record a chunk's outcomes (a JSON array of `{"value"}`/`{"error"}`, each with an
+    /// optional `"log"`), unless the chunk is already recorded or cancelled.
+    /// Fire-and-forget: ordered before later writes.
     pub fn record_chunk(&self, id: JobId, chunk: &Chunk, outcomes: String, failed: u64) {
         self.writer.send(Op::RecordChunk {
             id,
@@ -256,7 +257,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ItemResult>> {
         let rows: Vec<ResultRow> = sqlx::query_as(
-            "select item_index, value, error from results
+            "select item_index, value, error, log from results
              where job_id = ?1 and item_index >= ?2 order by item_index limit ?3",
         )
         .bind(id.to_string())
@@ -275,7 +276,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ItemResult>> {
         let rows: Vec<ResultRow> = sqlx::query_as(
-            "select item_index, value, error from results
+            "select item_index, value, error, log from results
              where job_id = ?1 order by rowid limit ?3 offset ?2",
         )
         .bind(id.to_string())

@@ -42,6 +42,7 @@ pub struct ResultRow {
     item_index: i64,
     value: Option<String>,
     error: Option<String>,
+    log: Option<String>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
@@ -107,6 +108,7 @@ impl TryFrom<ResultRow> for ItemResult {
             index: row.item_index as u64,
             value: row.value.map(json).transpose()?,
             error: row.error.map(json).transpose()?,
+            log: row.log,
         })
     }
 }

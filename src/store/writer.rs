@@ -47,7 +47,8 @@ pub enum Op {
         id: JobId,
         at: OffsetDateTime,
     },
-    /// `outcomes` is the JSON array of the chunk's `{"value"}` / `{"error"}` entries.
+    /// `outcomes` is the JSON array of the chunk's `{"value"}` / `{"error"}` entries, each
+    /// with an optional (already bounded) `"log"`.
     RecordChunk {
         id: JobId,
         chunk_index: u64,
@@ -295,10 +296,11 @@ async fn record_chunks(conn: &mut SqliteConnection, run: &[Request]) -> Result<V
         "with r as materialized (
              select value ->> 'job' as job, value ->> 'start' as start, value -> 'outcomes' as outcomes
              from json_each(?1))
-         insert into results (job_id, item_index, value, error)
+         insert into results (job_id, item_index, value, error, log)
          select r.job, r.start + o.key,
                 case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
-                o.value -> 'error'
+                o.value -> 'error',
+                o.value ->> 'log'
          from r, json_each(r.outcomes) as o",
     )
     .bind(&recorded)

@@ -76,10 +76,12 @@ fn run_task(task: &Task) -> Vec<ItemOutcome> {
                 Ok(value) => ItemOutcome {
                     value: Some(RawValue::from_string(value.to_string()).expect("valid JSON")),
                     error: None,
+                    log: None,
                 },
                 Err(error) => ItemOutcome {
                     value: None,
                     error: Some(error),
+                    log: None,
                 },
             }
         })

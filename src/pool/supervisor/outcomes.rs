@@ -4,7 +4,8 @@
 //! `fail_fast`). A chunk whose worker ran past its time budget, or kept dying on it, is split
 //! into single-item *pieces* that run on their own, so that only the guilty item fails
 //! (`timeout`, `worker_exited`) while the others complete. Pieces are assembled here and
-//! recorded as the original chunk, so a chunk is still recorded exactly once.
+//! recorded as the original chunk, so a chunk is still recorded exactly once. Item logs (what
+//! a function printed) are bounded here, before they reach the store.
 
 use std::time::Duration;
 
@@ -29,11 +30,12 @@ impl Supervisor {
         &mut self,
         job_id: JobId,
         pending: Pending,
-        outcomes: Vec<ItemOutcome>,
+        mut outcomes: Vec<ItemOutcome>,
     ) {
         let Some(job) = self.queue.get_mut(job_id) else {
             return;
         };
+        outcomes.iter_mut().for_each(ItemOutcome::bound_log);
         let fail_fast = job.spec.on_error == OnError::FailFast;
         let first_error = outcomes.iter().position(|o| o.error.is_some()).map(|i| {
             let error = outcomes[i].error.as_ref().expect("position found an error");

@@ -1,0 +1,66 @@
+//! The Python SDK's own tests (`python/tests`, stdlib `unittest`) against this build's
+//! `poold`, so that `cargo test --release` (and `.ci/run`) covers the SDK too. They start the
+//! real binary with `python -m poold.worker` workers; see `python/tests/poold_server.py`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The suite takes seconds; this only stops a hung run.
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// The real interpreter behind `python3`: the pyenv shim costs ~135 ms per start, and the
+/// suite starts poold workers with `sys.executable`, which must not be a shim either.
+fn real_python() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed to test the Python SDK");
+    assert!(output.status.success(), "python3 failed: {output:?}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8 path")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn python_sdk_unittests_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("unittest.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(real_python())
+        .args(["-m", "unittest", "discover", "-s", "python/tests", "-v"])
+        .current_dir(root)
+        .env("POOLD_BIN", env!("CARGO_BIN_EXE_poold"))
+        .env("PYTHONPATH", "python")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("start python3 -m unittest");
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    println!("{output}");
+    let status = status.unwrap_or_else(|| panic!("the Python SDK tests hung:\n{output}"));
+    assert!(
+        status.success(),
+        "the Python SDK tests failed ({status}):\n{output}"
+    );
+    assert!(
+        output.contains("\nOK") && !output.contains("Ran 0 tests"),
+        "no tests ran:\n{output}"
+    );
+}
