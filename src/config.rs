@@ -151,9 +151,35 @@ impl ServeArgs {
         };
         let program = which::which(program)
             .with_context(|| format!("worker command {program:?} not found"))?;
+        let program = real_python(program);
         Ok(WorkerCommand {
             program,
             args: args.to_vec(),
         })
+    }
+}
+
+/// Version managers (pyenv, asdf) put a shell-script shim named `python3` first on `PATH`,
+/// which costs tens of milliseconds per worker start. Ask such an interpreter once for the
+/// real executable; anything else is used as found.
+fn real_python(program: PathBuf) -> PathBuf {
+    let is_python = program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("python"));
+    if !is_python {
+        return program;
+    }
+    let asked = std::process::Command::new(&program)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match asked {
+        Ok(out) if out.status.success() => {
+            let real = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if real.is_file() { real } else { program }
+        }
+        _ => program,
     }
 }
