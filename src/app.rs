@@ -27,6 +27,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::metrics::install();
     let events = EventBus::default();
     let notify = events.clone();
     let (store, writer) = Store::open(&config.database, Box::new(move |jobs| notify.notify(jobs)))

@@ -685,3 +685,26 @@ async fn idempotency_key_returns_the_same_job_for_the_same_body() {
         "the repeat created no job"
     );
 }
+
+#[tokio::test]
+async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free() {
+    let app = TestApp::spawn().await;
+    let long = app
+        .submit(json!({"function": "sleep", "items": [30]}))
+        .await;
+    app.wait_any_busy().await;
+    let id = app
+        .submit(json!({"function": "square", "items": (0..20).collect::<Vec<_>>(), "chunksize": 1}))
+        .await;
+    let job: Value = app
+        .get(&format!("/v1/jobs/{id}?wait=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{long}/cancel")).await.status(),
+        200
+    );
+}

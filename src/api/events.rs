@@ -116,6 +116,7 @@ async fn stream_job_events(
     };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let _counted = crate::metrics::SseSubscriber::open();
         if let Err(e) = pump(&state, id, options, &tx).await {
             tracing::warn!(job.id = %id, error = %e, "event stream ended early");
         }

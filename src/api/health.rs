@@ -1,7 +1,10 @@
-//! `/healthz` (the process answers) and `/readyz` (database reachable, a worker ready).
+//! `/healthz` (the process answers), `/readyz` (database reachable, a worker ready) and
+//! `/metrics` (Prometheus text format; see `crate::metrics`).
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,6 +17,23 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_health))
         .routes(routes!(get_readiness))
+        .routes(routes!(get_metrics))
+}
+
+/// Prometheus metrics in the text exposition format: items by outcome, item run time, queued
+/// items and the oldest unfinished job's age, jobs by status, worker exits by reason, HTTP
+/// requests by route and status, open event streams.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+))]
+async fn get_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let (jobs, oldest_age) = state.store.metrics_snapshot().await?;
+    let queued = state.store.unfinished_items().await?;
+    crate::metrics::set_store_gauges(&jobs, queued, oldest_age);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -17,8 +17,10 @@ mod results;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::extract::MatchedPath;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -103,6 +105,27 @@ pub fn router(state: AppState) -> axum::Router {
             state.clone(),
             auth::require_token,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(count_requests))
+        .layer(
+            // A span per request (method, URI) around every log line a handler writes; no
+            // line per request (that is what /metrics counts), a warning per 5xx.
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
         .with_state(state)
+}
+
+/// Count each request by route template (not by concrete path, to bound the label set).
+async fn count_requests(
+    path: Option<MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = path.map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    crate::metrics::http_request(route, response.status().as_u16());
+    response
 }

@@ -23,6 +23,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+use crate::model::JobId;
 use crate::protocol::{Decoded, MAX_LINE_BYTES, MessageCodec, WorkerMessage};
 
 /// How many stderr lines of a worker are kept for its crash report.
@@ -63,12 +64,19 @@ pub struct WorkerProcess {
     pub pid: u32,
     stdin: mpsc::UnboundedSender<String>,
     stop: Option<oneshot::Sender<()>>,
+    /// The job of the chunk it runs (or last ran), named on each of its stderr lines.
+    job: Arc<Mutex<Option<JobId>>>,
 }
 
 impl WorkerProcess {
     /// Queue one protocol line (with its trailing newline) for the worker's stdin.
     pub fn send(&self, line: String) -> bool {
         self.stdin.send(line).is_ok()
+    }
+
+    /// The job whose chunk it runs now, for the attribution of its stderr.
+    pub fn set_job(&self, job: Option<JobId>) {
+        *self.job.lock().expect("current job") = job;
     }
 
     /// SIGTERM the process group now, SIGKILL it after the grace period. Idempotent.
@@ -114,7 +122,14 @@ pub fn spawn(
     tokio::spawn(write_stdin(stdin, line_rx));
 
     let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let stderr_done = tokio::spawn(read_stderr(stderr, origin.slot, pid, tail.clone()));
+    let job = Arc::new(Mutex::new(None));
+    let stderr_done = tokio::spawn(read_stderr(
+        stderr,
+        origin.slot,
+        pid,
+        tail.clone(),
+        job.clone(),
+    ));
 
     let (stop_tx, stop_rx) = oneshot::channel();
     tokio::spawn(async move {
@@ -142,6 +157,7 @@ pub fn spawn(
         pid,
         stdin: line_tx,
         stop: Some(stop_tx),
+        job,
     })
 }
 
@@ -208,6 +224,7 @@ async fn read_stderr(
     slot: usize,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    job: Arc<Mutex<Option<JobId>>>,
 ) {
     let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(STDERR_MAX_LINE));
     while let Some(line) = lines.next().await {
@@ -218,7 +235,11 @@ async fn read_stderr(
             }
             Err(_) => break,
         };
-        tracing::info!(worker = slot, pid, "worker stderr: {line}");
+        let job = *job.lock().expect("current job");
+        match job {
+            Some(job) => tracing::info!(worker = slot, pid, job.id = %job, "worker stderr: {line}"),
+            None => tracing::info!(worker = slot, pid, "worker stderr: {line}"),
+        }
         let mut tail = tail.lock().expect("stderr tail");
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();

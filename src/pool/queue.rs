@@ -30,6 +30,10 @@ pub struct ActiveJob {
     /// Whether the store has been told the job is running.
     pub started: bool,
     pub in_flight: u32,
+    /// Moving average of its chunks' run time in seconds, once one has finished.
+    pub chunk_secs: Option<f64>,
+    /// The job's span: the supervisor enters it around what it logs about the job.
+    pub span: tracing::Span,
     ready: VecDeque<Pending>,
     last_fetched: Option<u64>,
     unfetched: u64,
@@ -58,6 +62,8 @@ impl Queue {
             spec: job.spec.clone(),
             started: job.status != crate::model::JobStatus::Queued,
             in_flight: 0,
+            chunk_secs: None,
+            span: tracing::info_span!("job", job.id = %job.id, function = %job.spec.function),
             ready: VecDeque::new(),
             last_fetched: None,
             unfetched,
@@ -68,6 +74,10 @@ impl Queue {
     pub fn remove(&mut self, id: JobId) -> Option<ActiveJob> {
         let at = self.jobs.iter().position(|job| job.id == id)?;
         Some(self.jobs.remove(at))
+    }
+
+    pub fn get(&self, id: JobId) -> Option<&ActiveJob> {
+        self.jobs.iter().find(|job| job.id == id)
     }
 
     pub fn get_mut(&mut self, id: JobId) -> Option<&mut ActiveJob> {

@@ -200,7 +200,6 @@ impl Store {
         rows.into_iter().map(Job::try_from).collect()
     }
 
-    /// Jobs the supervisor must run: queued or running, highest priority first.
     /// Items of unfinished jobs that have no outcome yet (queued or running).
     pub async fn unfinished_items(&self) -> Result<u64> {
         let (n,): (i64,) = sqlx::query_as(
@@ -211,6 +210,28 @@ impl Store {
         Ok(n.max(0) as u64)
     }
 
+    /// For `/metrics`: jobs by status, and the age in seconds of the oldest unfinished job.
+    pub async fn metrics_snapshot(&self) -> Result<(Vec<(String, u64)>, f64)> {
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("select status, count(*) from jobs group by status")
+                .fetch_all(&self.reader)
+                .await?;
+        let (age,): (Option<f64>,) = sqlx::query_as(
+            "select (julianday('now') - julianday(min(created_at))) * 86400.0
+             from jobs where status in ('queued', 'running')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((
+            by_status
+                .into_iter()
+                .map(|(s, n)| (s, n.max(0) as u64))
+                .collect(),
+            age.unwrap_or(0.0).max(0.0),
+        ))
+    }
+
+    /// Jobs the supervisor must run: queued or running, highest priority first.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(
             "select * from jobs where status in ('queued', 'running') order by priority desc, id",

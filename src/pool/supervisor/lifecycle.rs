@@ -66,12 +66,14 @@ impl Supervisor {
         }
     }
 
-    /// Stop a worker on purpose; its other jobs' chunks go back to their queues.
-    pub(super) fn stop_slot(&mut self, index: usize) {
+    /// Stop a worker on purpose (`reason` is counted when it exits); its other jobs' chunks go
+    /// back to their queues.
+    pub(super) fn stop_slot(&mut self, index: usize, reason: &'static str) {
         let slot = &mut self.slots[index];
         if let Some(process) = slot.process.as_mut() {
             process.stop();
         }
+        slot.stop_reason.get_or_insert(reason);
         slot.state = SlotState::Stopping;
         for flight in slot.in_flight.drain(..) {
             if let Some(job) = self.queue.get_mut(flight.job) {
@@ -96,7 +98,7 @@ impl Supervisor {
             tracing::error!(worker = index, pid, "{error}");
             self.last_error = Some(error);
             self.slots[index].refused = true;
-            self.stop_slot(index);
+            self.stop_slot(index, "refused");
             return;
         }
         tracing::info!(
@@ -125,6 +127,18 @@ impl Supervisor {
         let expected = slot.state == SlotState::Stopping || self.draining;
         let died_starting = slot.state == SlotState::Starting || std::mem::take(&mut slot.refused);
         let mut flights = std::mem::take(&mut slot.in_flight);
+        let stop_reason = slot.stop_reason.take();
+        crate::metrics::worker_exited(match stop_reason {
+            Some(reason) => reason,
+            None if self.draining => "shutdown",
+            None if self.config.memory_limit_mb.is_some()
+                && ran_out_of_memory(&exit.stderr_tail) =>
+            {
+                "oom"
+            }
+            None if exit.how.starts_with("signal") => "signal",
+            None => "exit",
+        });
         if expected {
             tracing::info!(worker = index, pid, how = %exit.how, "worker stopped");
         } else {
@@ -163,6 +177,7 @@ impl Supervisor {
         let Some(job) = self.queue.get_mut(flight.job) else {
             return;
         };
+        let _span = job.span.clone().entered();
         job.in_flight -= 1;
         flight.pending.attempts += 1;
         if flight.pending.attempts < job.spec.max_attempts {
@@ -204,7 +219,7 @@ impl Supervisor {
             .is_some_and(|max| slot.tasks_sent >= max);
         if spent && slot.in_flight.is_empty() && slot.state == SlotState::Ready {
             tracing::info!(worker = index, tasks = slot.tasks_sent, "recycling worker");
-            self.stop_slot(index);
+            self.stop_slot(index, "recycle");
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! It `select!`s over commands from [`super::PoolHandle`]s, events from worker processes
 //! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
-//! chunks in flight per worker so pipes never idle. Results go to the store's writer (which
-//! publishes after commit); a dead worker is replaced, and its running chunk is retried up to
-//! the job's `max_attempts`, then recorded as `worker_exited` item errors (see `lifecycle`).
+//! chunks in flight per worker so pipes never idle — but only behind chunks known to be short
+//! ([`PIPELINE_BELOW`]), so a chunk never waits behind a long one while a worker is idle.
+//! Results go to the store's writer (which publishes after commit); a dead worker is replaced,
+//! and its running chunk is retried up to the job's `max_attempts`, then narrowed down to the
+//! guilty item (see `lifecycle` and `outcomes`). Metrics are recorded here (`crate::metrics`).
 
 mod lifecycle;
 mod outcomes;
@@ -26,6 +28,10 @@ use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
 const PIPELINE: usize = 2;
+/// A second chunk waits in a worker's pipe only behind a chunk of a job whose chunks are known
+/// to take less than this: pipelining hides the round trip of short chunks, but behind a long
+/// one it would hold a chunk back that an idle worker could run.
+const PIPELINE_BELOW: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -37,6 +43,8 @@ struct InFlight {
     budget: Option<Duration>,
     /// Set when the chunk reaches the head of its worker's queue, i.e. starts running.
     deadline: Option<Instant>,
+    /// When it started running (reached the head of its worker's queue).
+    started: Option<Instant>,
 }
 
 #[derive(PartialEq)]
@@ -62,6 +70,8 @@ struct Slot {
     backoff: Duration,
     /// Its process was refused (protocol mismatch): respawn only after the back-off.
     refused: bool,
+    /// Why poold told its process to stop (for the exit metric), until it exits.
+    stop_reason: Option<&'static str>,
 }
 
 struct Supervisor {
@@ -98,6 +108,7 @@ pub async fn run(
                 restarts: 0,
                 backoff: MIN_BACKOFF,
                 refused: false,
+                stop_reason: None,
             })
             .collect(),
         config,
@@ -141,6 +152,17 @@ pub async fn run(
         }
     }
     sup.stop_all(&mut events_rx).await;
+}
+
+impl Slot {
+    /// Tell the process which job it is running now, for its stderr lines. An idle worker
+    /// keeps its last job: its stderr and stdout are separate pipes, so the last lines it
+    /// wrote for a chunk may be read after the chunk's result.
+    fn show_current_job(&self) {
+        if let (Some(process), Some(front)) = (&self.process, self.in_flight.front()) {
+            process.set_job(Some(front.job));
+        }
+    }
 }
 
 impl Supervisor {
@@ -188,7 +210,7 @@ impl Supervisor {
         self.splits.retain(|(job, _), _| *job != id);
         for slot in 0..self.slots.len() {
             if self.slots[slot].in_flight.iter().any(|f| f.job == id) {
-                self.stop_slot(slot);
+                self.stop_slot(slot, "cancel");
             }
         }
     }
@@ -228,7 +250,7 @@ impl Supervisor {
                 task_id,
                 "result for no task; stopping worker"
             );
-            return self.stop_slot(index);
+            return self.stop_slot(index, "protocol");
         };
         if flight.task_id != task_id || results.len() as u64 != flight.pending.chunk.size {
             tracing::error!(
@@ -238,12 +260,22 @@ impl Supervisor {
                 items = results.len(),
                 "result does not match the task sent; stopping worker"
             );
-            return self.stop_slot(index);
+            return self.stop_slot(index, "protocol");
         }
         let flight = slot.in_flight.pop_front().expect("checked above");
         slot.tasks_completed += 1;
+        let now = Instant::now();
         if let Some(next) = slot.in_flight.front_mut() {
-            next.deadline = next.budget.map(|b| Instant::now() + b);
+            next.deadline = next.budget.map(|b| now + b);
+            next.started = Some(now);
+        }
+        slot.show_current_job();
+        if let Some(started) = flight.started {
+            crate::metrics::chunk_ran(now - started, flight.pending.chunk.size);
+        }
+        if let (Some(started), Some(job)) = (flight.started, self.queue.get_mut(flight.job)) {
+            let took = (now - started).as_secs_f64();
+            job.chunk_secs = Some(job.chunk_secs.map_or(took, |avg| 0.8 * avg + 0.2 * took));
         }
         let Some(job) = self.queue.get_mut(flight.job) else {
             return; // the job ended meanwhile
@@ -253,6 +285,14 @@ impl Supervisor {
         self.recycle_if_spent(index);
     }
 
+    /// Whether the chunk a worker runs belongs to a job whose chunks are known to be short.
+    fn runs_short(&self, running: Option<&InFlight>) -> bool {
+        running
+            .and_then(|f| self.queue.get(f.job))
+            .and_then(|job| job.chunk_secs)
+            .is_some_and(|secs| secs < PIPELINE_BELOW.as_secs_f64())
+    }
+
     /// Fill every ready worker's pipeline from the queue.
     async fn dispatch(&mut self) {
         loop {
@@ -260,7 +300,9 @@ impl Supervisor {
                 .filter(|&i| {
                     let slot = &self.slots[i];
                     slot.state == SlotState::Ready
-                        && slot.in_flight.len() < PIPELINE
+                        && (slot.in_flight.is_empty()
+                            || (slot.in_flight.len() < PIPELINE
+                                && self.runs_short(slot.in_flight.front())))
                         && self
                             .config
                             .max_tasks_per_worker
@@ -296,13 +338,18 @@ impl Supervisor {
             let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
             let starts_now = slot.in_flight.is_empty();
             slot.tasks_sent += 1;
+            let now = Instant::now();
             slot.in_flight.push_back(InFlight {
                 task_id,
                 job: job_id,
                 pending,
                 budget,
-                deadline: budget.filter(|_| starts_now).map(|b| Instant::now() + b),
+                deadline: budget.filter(|_| starts_now).map(|b| now + b),
+                started: starts_now.then_some(now),
             });
+            if starts_now {
+                slot.show_current_job();
+            }
             if !sent {
                 // Its stdin is closed: it is exiting, and on_exit will requeue the chunk.
                 slot.state = SlotState::Stopping;

@@ -35,6 +35,7 @@ impl Supervisor {
         let Some(job) = self.queue.get_mut(job_id) else {
             return;
         };
+        let _span = job.span.clone().entered();
         outcomes.iter_mut().for_each(ItemOutcome::bound_log);
         let fail_fast = job.spec.on_error == OnError::FailFast;
         let first_error = outcomes.iter().position(|o| o.error.is_some()).map(|i| {
@@ -50,6 +51,7 @@ impl Supervisor {
             Some((pending.chunk, outcomes))
         };
         if let Some((chunk, outcomes)) = whole {
+            crate::metrics::items_finished(&outcomes);
             let failed = outcomes.iter().filter(|o| o.error.is_some()).count() as u64;
             let outcomes = serde_json::to_string(&outcomes).expect("outcomes serialize");
             self.store.record_chunk(job_id, &chunk, outcomes, failed);
@@ -163,7 +165,7 @@ impl Supervisor {
                 continue;
             }
             let flight = slot.in_flight.pop_front().expect("checked above");
-            self.stop_slot(index); // requeues the chunks behind it
+            self.stop_slot(index, "timeout"); // requeues the chunks behind it
             let Some(job) = self.queue.get_mut(flight.job) else {
                 continue;
             };

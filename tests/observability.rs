@@ -1,0 +1,240 @@
+//! `/metrics` and logs, against the real binary: counters move with real work, and a worker's
+//! stderr lines name the worker and the job.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use serde_json::{Value, json};
+
+/// The value of the sample whose name-and-labels text is exactly `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+async fn metrics(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_items_jobs_workers_requests_and_streams() {
+    let app = TestApp::spawn_with(&["--api-token", "t"]).await;
+    let before = metrics(&app).await; // open without the token
+    assert_eq!(
+        sample(&before, r#"poold_jobs{status="completed"}"#),
+        Some(0.0)
+    );
+
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        client
+            .post(format!("{}/v1/jobs", app.url))
+            .bearer_auth("t")
+            .json(&body)
+            .send()
+    };
+    let ok = post(json!({"function": "fail", "items": ["a", "b"]}))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+    let failing: Value = ok.json().await.unwrap();
+    let squares: Value = post(json!({"function": "square", "items": (0..10).collect::<Vec<_>>()}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let crash: Value = post(json!({"function": "crash", "items": [5]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sleeper: Value = post(json!({"function": "sleep", "items": [30]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for job in [&failing, &squares, &crash] {
+        let done: Value = client
+            .get(format!(
+                "{}/v1/jobs/{}?wait=20",
+                app.url,
+                job["id"].as_str().unwrap()
+            ))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    // An open event stream on the sleeping job.
+    let stream = client
+        .get(format!(
+            "{}/v1/jobs/{}/events",
+            app.url,
+            sleeper["id"].as_str().unwrap()
+        ))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = metrics(&app).await;
+        if sample(&text, "poold_sse_subscribers") == Some(1.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SSE subscriber counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&text, r#"poold_items_total{outcome="ok"}"#),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"poold_items_total{outcome="error"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"poold_items_total{outcome="worker_exited"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"poold_jobs{status="completed"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"poold_jobs{status="running"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "poold_queued_items"), Some(1.0), "{text}");
+    assert!(sample(&text, "poold_oldest_unfinished_job_age_seconds").unwrap() >= 0.0);
+    assert!(
+        sample(&text, "poold_item_duration_seconds_count").unwrap() >= 12.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"poold_worker_exits_total{reason="exit"}"#).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"poold_http_requests_total{route="/v1/jobs",status="201"}"#
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"poold_http_requests_total{route="/metrics",status="200"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+    drop(stream);
+    let cancelled = client
+        .post(format!(
+            "{}/v1/jobs/{}/cancel",
+            app.url,
+            sleeper["id"].as_str().unwrap()
+        ))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(&app).await;
+        let stopped = sample(&text, r#"poold_worker_exits_total{reason="cancel"}"#);
+        if stopped == Some(1.0) && sample(&text, "poold_sse_subscribers") == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cancel not counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn worker_stderr_lines_name_the_worker_and_the_job_in_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = common::python_worker(
+        dir.path(),
+        "chatty.py",
+        r#"
+import json, os, sys
+print(json.dumps({"type": "hello", "protocol": 1, "pid": os.getpid(),
+                  "functions": [{"name": "chat", "doc": ""}]}), flush=True)
+for line in sys.stdin:
+    task = json.loads(line)
+    for item in task["items"]:
+        print(f"chatting about {item}", file=sys.stderr, flush=True)
+    print(json.dumps({"type": "result", "id": task["id"],
+                      "results": [{"value": i} for i in task["items"]]}), flush=True)
+"#,
+    );
+    let app = TestApp::spawn_with(&[
+        "--workers",
+        "1",
+        "--log-format",
+        "json",
+        "--worker-command",
+        &command,
+    ])
+    .await;
+    let id = app
+        .submit(json!({"function": "chat", "items": ["cats"]}))
+        .await;
+    app.wait_job(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line: Value = loop {
+        let log = app.log_text();
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("chatting about cats"))
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stderr line in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["fields"]["job.id"], id.as_str(), "{line}");
+    assert_eq!(line["fields"]["worker"], 0, "{line}");
+    assert!(line["fields"]["pid"].as_u64().is_some(), "{line}");
+}
