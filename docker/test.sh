@@ -33,7 +33,7 @@ cleanup() {
     echo "-- last log lines of $NAME:" >&2
     docker logs --tail 40 "$NAME" >&2 2>&1 || true
   fi
-  docker rm -f "$NAME" "$NAME-py" >/dev/null 2>&1 || true
+  docker rm -f -v "$NAME" "$NAME-py" >/dev/null 2>&1 || true
   docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
   if ((${#COMPOSE[@]})); then
     "${COMPOSE[@]}" down -v --timeout 20 >/dev/null 2>&1 || true
@@ -207,7 +207,7 @@ if [[ -d python ]]; then
   [[ $(wait_job "$py_id" | json 'j["status"]') == completed ]] || fail "python job"
   [[ $(results "$py_id") == '[3, 6, 9]' ]] || fail "python results: $(results "$py_id")"
   echo "python image: $(docker image ls --format '{{.Size}}' "$IMAGE-python" | head -1)"
-  docker rm -f "$NAME-py" >/dev/null
+  docker rm -f -v "$NAME-py" >/dev/null
 else
   step "python target: skipped (no python/ directory)"
 fi
