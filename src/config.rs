@@ -27,6 +27,8 @@ pub enum CliCommand {
     Serve(Box<ServeArgs>),
     /// Run the built-in worker (spawned by `serve`; speaks the worker protocol on stdin/stdout).
     Worker,
+    /// Exit 0 if the server answers `GET /readyz` with 200, else 1 (for container health checks).
+    Healthcheck(HealthcheckArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,5 +183,21 @@ fn real_python(program: PathBuf) -> PathBuf {
             if real.is_file() { real } else { program }
         }
         _ => program,
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The address poold serves on; a wildcard (`0.0.0.0`, `::`) is reached on loopback.
+    #[arg(long, env = "POOLD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Seconds the whole check may take (connect, request, status line).
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+}
+
+impl HealthcheckArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.max(0.0))
     }
 }
