@@ -48,9 +48,13 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Schedule a job whose store has `unfetched` queued chunks.
+    /// Schedule `unfetched` more queued chunks of a job: a new one, one resumed on start, or
+    /// one whose upload stored another batch (it may have been retired in between, when the
+    /// workers had caught up with the upload). A count that turns out too high costs one
+    /// empty fetch.
     pub fn add(&mut self, job: &Job, unfetched: u64) {
-        if self.get_mut(job.id).is_some() {
+        if let Some(active) = self.get_mut(job.id) {
+            active.unfetched += unfetched;
             return;
         }
         self.jobs.push(ActiveJob {

@@ -20,7 +20,8 @@ use crate::model::{Job, JobId, JobStatus};
 /// The most ops folded into one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// A job to insert with its chunks: `chunks` is a JSON array of arrays of items.
+/// A job to insert with its chunks: `chunks` is a JSON array of arrays of items (chunk 0
+/// first). With `job.ingesting`, more chunks follow through [`Op::AppendChunks`].
 pub struct NewJob {
     pub job: Job,
     pub chunks: String,
@@ -43,6 +44,17 @@ pub enum DeleteOutcome {
 
 pub enum Op {
     CreateJob(Box<NewJob>),
+    /// More chunks of a job whose upload is open, numbered from `first_chunk`; `close` ends
+    /// the upload (the total is then final). Skipped when the job has ended meanwhile.
+    AppendChunks {
+        id: JobId,
+        first_chunk: u64,
+        chunksize: u32,
+        chunks: String,
+        items: u64,
+        close: bool,
+        at: OffsetDateTime,
+    },
     MarkStarted {
         id: JobId,
         at: OffsetDateTime,
@@ -196,7 +208,8 @@ impl Op {
     fn job_id(&self) -> JobId {
         match self {
             Op::CreateJob(new) => new.job.id,
-            Op::MarkStarted { id, .. }
+            Op::AppendChunks { id, .. }
+            | Op::MarkStarted { id, .. }
             | Op::RecordChunk { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => *id,
@@ -302,8 +315,10 @@ async fn record_chunks(conn: &mut SqliteConnection, run: &[Request]) -> Result<V
             done = jobs.done + c.items,
             failed = jobs.failed + c.errors,
             status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                               and jobs.ingesting = 0
                           then 'completed' else jobs.status end,
             finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                               and jobs.ingesting = 0
                                then ?2 else jobs.finished_at end
          from (select value ->> 'job' as job_id, sum(value ->> 'size') as items, sum(value ->> 'failed') as errors
                from json_each(?1) group by 1) as c
@@ -332,6 +347,43 @@ fn json_array(items: impl Iterator<Item = String>) -> String {
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
     match op {
         Op::CreateJob(new) => create_job(conn, new).await,
+        Op::AppendChunks {
+            id,
+            first_chunk,
+            chunksize,
+            chunks,
+            items,
+            close,
+            at,
+        } => {
+            let id = id.to_string();
+            let open = sqlx::query(
+                "update jobs set total = total + ?2, ingesting = not ?3
+                 where id = ?1 and ingesting = 1 and status in ('queued', 'running')",
+            )
+            .bind(&id)
+            .bind(*items as i64)
+            .bind(*close)
+            .execute(&mut *conn)
+            .await?;
+            if open.rows_affected() == 0 {
+                return Ok(Outcome::Changed(false)); // cancelled or failed during the upload
+            }
+            insert_chunks(conn, &id, *first_chunk, *chunksize, chunks).await?;
+            if *close {
+                // Every item may already have its result.
+                sqlx::query(
+                    "update jobs set status = 'completed', started_at = coalesce(started_at, ?2),
+                            finished_at = ?2
+                     where id = ?1 and status in ('queued', 'running') and done >= total",
+                )
+                .bind(&id)
+                .bind(format_time(*at))
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(Outcome::Changed(true))
+        }
         Op::MarkStarted { id, at } => {
             sqlx::query("update jobs set status = 'running', started_at = ?2 where id = ?1 and status = 'queued'")
                 .bind(id.to_string())
@@ -350,7 +402,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
             debug_assert!(matches!(status, JobStatus::Failed | JobStatus::Cancelled));
             let id = id.to_string();
             let ended = sqlx::query(
-                "update jobs set status = ?2, error = ?3, finished_at = ?4
+                "update jobs set status = ?2, error = ?3, finished_at = ?4, ingesting = 0
                  where id = ?1 and status in ('queued', 'running')",
             )
             .bind(&id)
@@ -409,8 +461,8 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     sqlx::query(
         "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
                            priority, metadata, status, total, created_at, started_at, finished_at,
-                           idempotency_key, request_hash)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                           idempotency_key, request_hash, ingesting)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )
     .bind(&id)
     .bind(&spec.function)
@@ -429,16 +481,32 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     .bind(job.finished_at.map(format_time))
     .bind(idempotency.as_ref().map(|i| i.key.as_str()))
     .bind(idempotency.as_ref().map(|i| i.request_hash.as_str()))
+    .bind(job.ingesting)
     .execute(&mut *conn)
     .await?;
+    insert_chunks(conn, &id, 0, spec.chunksize, chunks).await?;
+    Ok(Outcome::Done)
+}
+
+/// Insert a JSON array of chunks (arrays of items) as chunks `first_chunk`, `first_chunk + 1`, …
+/// Every chunk but a job's last holds `chunksize` items, so chunk k starts at item k × chunksize.
+async fn insert_chunks(
+    conn: &mut SqliteConnection,
+    id: &str,
+    first_chunk: u64,
+    chunksize: u32,
+    chunks: &str,
+) -> Result<()> {
     sqlx::query(
         "insert into chunks (job_id, chunk_index, start_index, size, items, status)
-         select ?1, key, key * ?2, json_array_length(value), value, 'queued' from json_each(?3)",
+         select ?1, ?2 + key, (?2 + key) * ?3, json_array_length(value), value, 'queued'
+         from json_each(?4)",
     )
-    .bind(&id)
-    .bind(spec.chunksize)
-    .bind(chunks.as_str())
+    .bind(id)
+    .bind(first_chunk as i64)
+    .bind(chunksize)
+    .bind(chunks)
     .execute(&mut *conn)
     .await?;
-    Ok(Outcome::Done)
+    Ok(())
 }

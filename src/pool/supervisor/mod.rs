@@ -166,9 +166,8 @@ impl Supervisor {
 
     async fn handle_command(&mut self, command: Command) {
         match command {
-            Command::JobCreated(job) => {
-                if !job.status.is_finished() {
-                    let chunks = job.total.div_ceil(u64::from(job.spec.chunksize));
+            Command::ChunksStored(job, chunks) => {
+                if !job.status.is_finished() && chunks > 0 {
                     self.queue.add(&job, chunks);
                 }
             }
