@@ -1,5 +1,6 @@
 //! Command-line interface and configuration: every `serve` flag is also an environment
-//! variable. Parsed once in `main`; `app::run` receives the result.
+//! variable. Parsed once in `main`; `app::run` receives the result. The client subcommands'
+//! flags live with the client, in `cli`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub enum CliCommand {
     Serve(ServeArgs),
     /// Run the built-in worker (spawned by `serve`; speaks the worker protocol on stdin/stdout).
     Worker,
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

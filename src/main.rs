@@ -1,4 +1,4 @@
-//! The `poold` binary: parse the command line, then serve or be a worker.
+//! The `poold` binary: parse the command line, then serve, be a worker, or be the client.
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         CliCommand::Worker => poold::worker::run(),
         CliCommand::Serve(args) => serve(args),
+        CliCommand::Client(command) => std::process::exit(poold::cli::run(command)),
     }
 }
 
