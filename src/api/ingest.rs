@@ -333,10 +333,15 @@ impl Upload {
             .append_chunks(id, self.next_chunk, chunksize, chunks, items, close)
             .await?;
         if !stored {
+            // Ended meanwhile; make sure the supervisor has not kept it scheduled.
+            self.state.pool.job_ended(id).await?;
             return Ok(false);
         }
         self.next_chunk += count;
-        if count > 0 {
+        if close {
+            self.job.ingesting = false;
+        }
+        if count > 0 || close {
             self.state.pool.chunks_stored(&self.job, count).await?;
         }
         Ok(true)

@@ -24,13 +24,20 @@ const REATTACH_FOR: Duration = Duration::from_secs(120);
 /// Progress as the user sees it: a bar on a terminal, plain lines otherwise.
 pub enum Progress {
     Bar(ProgressBar),
-    Plain { last: Option<Instant> },
+    Plain {
+        last: Option<Instant>,
+        /// Items sent at the last upload line (lines repeat only on change).
+        sent: u64,
+    },
 }
 
 impl Progress {
     pub fn new() -> Self {
         if !std::io::stderr().is_terminal() {
-            return Progress::Plain { last: None };
+            return Progress::Plain {
+                last: None,
+                sent: u64::MAX,
+            };
         }
         let bar = ProgressBar::no_length();
         bar.set_style(spinner_style());
@@ -42,10 +49,11 @@ impl Progress {
     pub fn uploading(&mut self, sent: u64) {
         match self {
             Progress::Bar(bar) => bar.set_message(format!("uploading: {sent} items sent")),
-            Progress::Plain { last } => {
-                if last.is_none_or(|at| at.elapsed() >= PLAIN_EVERY) {
+            Progress::Plain { last, sent: shown } => {
+                if *shown != sent && last.is_none_or(|at| at.elapsed() >= PLAIN_EVERY) {
                     eprintln!("uploading: {sent} items sent");
                     *last = Some(Instant::now());
+                    *shown = sent;
                 }
             }
         }
@@ -73,7 +81,7 @@ impl Progress {
                 bar.set_position(done);
                 bar.set_message(format!("{rate}  ETA {eta}  {failed} failed"));
             }
-            Progress::Plain { last } => {
+            Progress::Plain { last, .. } => {
                 if force || last.is_none_or(|at| at.elapsed() >= PLAIN_EVERY) {
                     let total = total.map_or_else(|| "?".to_string(), |t| t.to_string());
                     eprintln!("progress: {done}/{total} done, {failed} failed, {rate}, ETA {eta}");

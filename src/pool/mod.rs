@@ -105,7 +105,8 @@ pub fn start(
 
 impl PoolHandle {
     /// `chunks` more chunks of `job` were committed to the store (all of a new job's, or the
-    /// next batch of an upload that is still open): schedule them.
+    /// next batch of an upload): schedule them. While `job.ingesting`, the job stays scheduled
+    /// between batches; the call for an upload's last batch (even of no chunk) clears it.
     pub async fn chunks_stored(&self, job: &Job, chunks: u64) -> Result<(), Error> {
         self.commands
             .send(Command::ChunksStored(Box::new(job.clone()), chunks))

@@ -17,8 +17,11 @@ use super::rows::format_time;
 use super::{CommitHook, Error, Result};
 use crate::model::{Job, JobId, JobStatus};
 
-/// The most ops folded into one transaction.
+/// The most ops folded into one transaction…
 const MAX_BATCH: usize = 1024;
+/// …and the most bytes of items and results they may carry: a batch's statements parse its
+/// JSON at once, so this bounds the writer's memory however far behind it falls.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// A job to insert with its chunks: `chunks` is a JSON array of arrays of items (chunk 0
 /// first). With `job.ingesting`, more chunks follow through [`Op::AppendChunks`].
@@ -132,9 +135,14 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     on_commit: CommitHook,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let requests: Vec<Request> = std::mem::take(&mut batch);
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.op.payload_bytes();
+        let mut requests = vec![first];
+        while requests.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.op.payload_bytes();
+            requests.push(next);
+        }
         let mut changed = BTreeSet::new();
         match apply_batch(&mut conn, &requests).await {
             Ok(outcomes) => {
@@ -213,6 +221,16 @@ impl Op {
             | Op::RecordChunk { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => *id,
+        }
+    }
+
+    /// Roughly the bytes of JSON this op hands to SQLite.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Op::CreateJob(new) => new.chunks.len(),
+            Op::AppendChunks { chunks, .. } => chunks.len(),
+            Op::RecordChunk { outcomes, .. } => outcomes.len(),
+            Op::MarkStarted { .. } | Op::FinishJob { .. } | Op::DeleteJob { .. } => 64,
         }
     }
 

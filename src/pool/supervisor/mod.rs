@@ -167,8 +167,9 @@ impl Supervisor {
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::ChunksStored(job, chunks) => {
-                if !job.status.is_finished() && chunks > 0 {
+                if !job.status.is_finished() {
                     self.queue.add(&job, chunks);
+                    self.queue.retire_if_done(job.id); // an upload that ended with no new chunk
                 }
             }
             Command::JobEnded(id) => self.drop_job(id),
