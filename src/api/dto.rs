@@ -45,6 +45,7 @@ pub struct JobDto {
     pub priority: i32,
     /// Number of items; `null` while a streamed job's items are still being uploaded
     /// (NDJSON ingest), final once the upload has ended. Always a number for JSON bodies.
+    #[schema(required = true)]
     pub total: Option<u64>,
     /// Items with a result, errors included.
     pub done: u64,

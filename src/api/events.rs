@@ -63,6 +63,7 @@ pub struct Progress {
     done: u64,
     failed: u64,
     /// `null` while the job's items are still being uploaded (NDJSON ingest).
+    #[schema(required = true)]
     total: Option<u64>,
     /// Items per second since the job started.
     rate: Option<f64>,

@@ -72,11 +72,11 @@ impl Progress {
             .map_or_else(|| "-".to_string(), |s| format!("{s:.0}s"));
         match self {
             Progress::Bar(bar) => {
-                if let Some(total) = total {
-                    if bar.length() != Some(total) {
-                        bar.set_style(bar_style());
-                        bar.set_length(total);
-                    }
+                if let Some(total) = total
+                    && bar.length() != Some(total)
+                {
+                    bar.set_style(bar_style());
+                    bar.set_length(total);
                 }
                 bar.set_position(done);
                 bar.set_message(format!("{rate}  ETA {eta}  {failed} failed"));
