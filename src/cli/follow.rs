@@ -100,10 +100,13 @@ impl Progress {
 
     /// The job ended: settle the bar and print a summary line.
     pub fn finish(&mut self, job: &Value) {
-        if matches!(self, Progress::Bar(_)) {
-            self.update(job, true);
-        }
         if let Progress::Bar(bar) = self {
+            // Keep the last rate and ETA shown; settle the counts.
+            if let Some(total) = job["total"].as_u64() {
+                bar.set_style(bar_style());
+                bar.set_length(total);
+            }
+            bar.set_position(job["done"].as_u64().unwrap_or(0));
             bar.finish();
         }
         eprintln!("{}", super::show::job_summary(job));

@@ -80,7 +80,7 @@ pub fn job_summary(job: &Value) -> String {
     );
     if let Some(seconds) = run_time(job) {
         line.push_str(&format!(" in {seconds:.1}s"));
-        if let Some(done) = job["done"].as_u64().filter(|_| seconds > 0.0) {
+        if let Some(done) = job["done"].as_u64().filter(|&d| d > 0 && seconds > 0.0) {
             line.push_str(&format!(" ({:.0} items/s)", done as f64 / seconds));
         }
     }
