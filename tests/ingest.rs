@@ -314,3 +314,80 @@ async fn a_job_cancelled_during_its_upload_stops_taking_items() {
     assert!(job["total"].as_u64().unwrap() <= 1, "{job}");
     assert_eq!(app.pool().await["queued_chunks"], 0);
 }
+
+/// Start an upload of a few items and return the job's id once it is listed.
+async fn open_upload(app: &TestApp) -> (Lines, JoinHandle<reqwest::Response>, String) {
+    let (lines, response) = start_upload(app);
+    send(&lines, json!({"function": "square", "chunksize": 1})).await;
+    send(&lines, 1).await;
+    send(&lines, 2).await;
+    let id = wait_for("the streamed job", async || {
+        let id = job_ids(app).await.into_iter().next()?;
+        (app.job(&id).await["done"] == 2).then_some(id)
+    })
+    .await;
+    (lines, response, id)
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_off_its_upload_leaves_a_failed_job() {
+    let app = TestApp::spawn().await;
+    let (lines, response, id) = open_upload(&app).await;
+    lines
+        .send(Err(std::io::Error::other("the client gave up")))
+        .await
+        .unwrap();
+    drop(lines);
+    let _ = response.await; // the request itself fails
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("upload"), "{job}");
+    assert_eq!(
+        (job["total"].as_u64(), job["done"].as_u64()),
+        (Some(2), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn shutdown_during_an_upload_fails_the_job_and_does_not_hang() {
+    let mut app = TestApp::spawn().await;
+    let (lines, response, id) = open_upload(&app).await;
+    let status = app.terminate(); // bounded: panics if poold does not exit in time
+    assert!(status.success(), "{status:?}");
+    drop(lines);
+    let answer = response.await.unwrap();
+    assert_eq!(answer.status(), 503);
+
+    let app = TestApp::start(&app.db.clone(), &[]).await;
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("shutting down"),
+        "{job}"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_by_a_crash_is_failed_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("poold.db");
+    let mut app = TestApp::start(&db, &[]).await;
+    let (lines, _response, id) = open_upload(&app).await;
+    app.kill9();
+    drop(lines);
+
+    let app = TestApp::start(&db, &[]).await;
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("uploaded"), "{job}");
+    assert_eq!(
+        job["total"], 2,
+        "a failed upload shows the items it stored: {job}"
+    );
+    assert_eq!(app.pool().await["queued_chunks"], 0);
+    assert_eq!(
+        app.results(&id).await.len(),
+        2,
+        "recorded results stay readable"
+    );
+}
