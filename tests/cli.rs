@@ -226,8 +226,11 @@ async fn watch_follows_a_running_job_to_its_end() {
     let id = app
         .submit(json!({"function": "sleep", "items": vec![0.2; 10], "chunksize": 1}))
         .await;
-    app.wait_any_busy().await;
-    assert_eq!(app.job(&id).await["status"], "running");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.job(&id).await["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let run = poold(&app, &["watch", &id, "--output", "-"], None).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
@@ -349,4 +352,82 @@ async fn errors_name_the_problem_and_exit_with_status_3() {
         "{}",
         offline.stderr
     );
+}
+
+/// A TCP proxy in front of the server whose open connections the test can cut.
+struct Proxy {
+    url: String,
+    cut: tokio::sync::watch::Sender<u32>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+async fn proxy(app: &TestApp) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = app.url.trim_start_matches("http://").to_string();
+    let (cut, cuts) = tokio::sync::watch::channel(0u32);
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let upstream = upstream.clone();
+            let mut cuts = cuts.clone();
+            cuts.borrow_and_update();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cuts.changed() => {} // dropping both ends cuts the connection
+                }
+            });
+        }
+    });
+    Proxy {
+        url,
+        cut,
+        connections,
+    }
+}
+
+#[tokio::test]
+async fn watch_re_attaches_after_a_dropped_connection_without_losing_or_repeating_results() {
+    let app = TestApp::spawn().await;
+    let proxy = proxy(&app).await;
+    let id = app
+        .submit(json!({"function": "sleep", "items": vec![0.2; 30], "chunksize": 1}))
+        .await;
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["watch", &id, "--output", "-", "--url", &proxy.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    // Cut the stream once the client is attached and the job a fifth done (30 × 0.2 s on 2
+    // workers leaves it at least 2 s more).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.job(&id).await["done"].as_u64().unwrap() < 6
+        || proxy.connections.load(std::sync::atomic::Ordering::SeqCst) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut.send_modify(|n| *n += 1);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("watch ended in time")
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("re-attaching"),
+        "the connection was cut: {stderr}"
+    );
+    let results = ndjson(&String::from_utf8(output.stdout).unwrap());
+    let expected: Vec<Value> = (0..30).map(|i| json!({"index": i, "value": 0.2})).collect();
+    assert_eq!(results, expected);
 }
