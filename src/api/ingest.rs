@@ -40,8 +40,8 @@ const BATCH_CHUNKS: u64 = 64;
 const BATCH_BYTES: usize = 1 << 20;
 /// …or once a full chunk has waited this long for more items.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
-/// After a bad line, or once the job has ended, the rest of the body is read and dropped for
-/// at most this long (so the client can read the answer), then the connection is closed.
+/// After an error, or once the job has ended, the rest of the body is read and dropped for at
+/// most this long (so the client can read the answer), then the connection is closed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 pub fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -149,32 +149,14 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
     let to_io: fn(axum::Error) -> io::Error = io::Error::other;
     let reader = StreamReader::new(body.into_data_stream().map_err(to_io));
     let mut lines: Lines = FramedRead::new(reader, LinesCodec::new_with_max_length(max_line));
-    let first = match lines.next().await {
-        None => {
-            return Err(ApiError::InvalidRequest(
-                "the NDJSON body is empty; line 1 must be the job (every field but `items`)".into(),
-            ));
+    let job = match create_from_first_line(&state, &mut lines).await {
+        Ok(job) => job,
+        Err(error) => {
+            // Let the client finish sending, so that it reads this answer.
+            drain(lines, &state).await;
+            return Err(error);
         }
-        Some(line) => line.map_err(|e| line_error(1, e, max_line))?,
     };
-    let request: CreateJob = serde_json::from_str(&first)
-        .map_err(|e| ApiError::InvalidRequest(format!("line 1 (the job): {e}")))?;
-    if request.items.is_some() {
-        return Err(ApiError::InvalidRequest(
-            "line 1 (the job) must not have `items`: send one item per line after it".into(),
-        ));
-    }
-    let spec = validate(&state, request, None)?;
-    check_function(&state, &spec).await?;
-    let job = new_job(spec, 0, true);
-    state
-        .store
-        .create_job(NewJob {
-            job: job.clone(),
-            chunks: "[]".into(),
-            idempotency: None,
-        })
-        .await?;
     tracing::info!(job.id = %job.id, function = %job.spec.function, "streamed job accepted; its items are arriving");
     let mut upload = Upload {
         batcher: ChunkBatcher::new(job.spec.chunksize),
@@ -220,7 +202,8 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
                 .finish_job(id, JobStatus::Failed, Some(message))
                 .await?
             {
-                state.pool.job_ended(id).await?;
+                // At shutdown the supervisor may be gone already: nothing of it runs then.
+                let _ = state.pool.job_ended(id).await;
             }
             if !matches!(error, ApiError::ShuttingDown) {
                 drain(lines, state).await;
@@ -236,6 +219,38 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
             })
         }
     }
+}
+
+/// Read line 1 (the job), check it like a JSON body, and store the job with its upload open.
+async fn create_from_first_line(state: &AppState, lines: &mut Lines) -> Result<Job, ApiError> {
+    let max_line = state.limits.max_body_bytes;
+    let first = match lines.next().await {
+        None => {
+            return Err(ApiError::InvalidRequest(
+                "the NDJSON body is empty; line 1 must be the job (every field but `items`)".into(),
+            ));
+        }
+        Some(line) => line.map_err(|e| line_error(1, e, max_line))?,
+    };
+    let request: CreateJob = serde_json::from_str(&first)
+        .map_err(|e| ApiError::InvalidRequest(format!("line 1 (the job): {e}")))?;
+    if request.items.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "line 1 (the job) must not have `items`: send one item per line after it".into(),
+        ));
+    }
+    let spec = validate(state, request, None)?;
+    check_function(state, &spec).await?;
+    let job = new_job(spec, 0, true);
+    state
+        .store
+        .create_job(NewJob {
+            job: job.clone(),
+            chunks: "[]".into(),
+            idempotency: None,
+        })
+        .await?;
+    Ok(job)
 }
 
 /// An open upload: the job and where its items stand.
@@ -334,7 +349,7 @@ impl Upload {
             .await?;
         if !stored {
             // Ended meanwhile; make sure the supervisor has not kept it scheduled.
-            self.state.pool.job_ended(id).await?;
+            let _ = self.state.pool.job_ended(id).await; // gone at shutdown: fine
             return Ok(false);
         }
         self.next_chunk += count;

@@ -142,7 +142,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
         batcher.push(item.get());
     }
     drop(items);
-    let (chunks, _, total) = batcher.finish();
+    let (chunks, chunk_count, total) = batcher.finish();
     let job = new_job(spec, total, false);
     let new = NewJob {
         job: job.clone(),
@@ -157,8 +157,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
         };
     }
     tracing::info!(job.id = %job.id, function = %job.spec.function, total = job.total, "job accepted");
-    let chunks = job.total.div_ceil(u64::from(job.spec.chunksize));
-    state.pool.chunks_stored(&job, chunks).await?;
+    state.pool.chunks_stored(&job, chunk_count).await?;
     Ok(job_response(StatusCode::CREATED, job))
 }
 

@@ -46,15 +46,19 @@ pub async fn upload(
             piece: first,
             sent: counter,
         };
-        let read = read_items(BufReader::new(input), &mut body);
-        if let Err(e) = &read {
-            // Abort the upload: the server then fails the partial job.
-            let _ = body
-                .tx
-                .blocking_send(Err(std::io::Error::other(e.to_string())));
-            return read;
+        let read = read_items(BufReader::new(input), &mut body).and_then(|()| body.flush());
+        match read {
+            // The server stopped reading: its answer says why.
+            Err(e) if e.is::<UploadClosed>() => Ok(()),
+            Err(e) => {
+                // Abort the upload: the server then fails the partial job.
+                let _ = body
+                    .tx
+                    .blocking_send(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+            Ok(()) => Ok(()),
         }
-        body.flush()
     });
     let request = client
         .request(Method::POST, "/v1/jobs")
@@ -89,6 +93,11 @@ pub async fn upload(
     Ok(job)
 }
 
+/// The request ended before the whole input was sent (the server answered early).
+#[derive(Debug, thiserror::Error)]
+#[error("the upload ended before all items were sent")]
+struct UploadClosed;
+
 /// The request body being written: whole lines, handed over a piece at a time.
 struct Body {
     tx: mpsc::Sender<Piece>,
@@ -115,7 +124,7 @@ impl Body {
         let piece = std::mem::take(&mut self.piece);
         self.tx
             .blocking_send(Ok(piece))
-            .map_err(|_| anyhow!("the upload ended before all items were sent"))
+            .map_err(|_| UploadClosed.into())
     }
 }
 
