@@ -89,7 +89,11 @@ impl Client {
         while let Some(bytes) = body.next().await {
             let bytes =
                 bytes.map_err(|e| anyhow!("the download broke off: {}", error_chain(&e)))?;
-            out.write_all(&bytes)?;
+            match out.write_all(&bytes) {
+                // The reader went away (`| head`): stop quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                written => written?,
+            }
         }
         out.flush()?;
         Ok(())

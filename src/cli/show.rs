@@ -2,16 +2,16 @@
 
 use serde_json::Value;
 
-/// Print `value` as pretty JSON with `json`, else through `view`.
+/// Print `value` as pretty JSON with `json`, else through `view`. A closed stdout (`| head`)
+/// is not an error.
 pub fn print(json: bool, value: &Value, view: fn(&Value) -> String) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).expect("JSON prints")
-        );
+    use std::io::Write;
+    let text = if json {
+        serde_json::to_string_pretty(value).expect("JSON prints") + "\n"
     } else {
-        print!("{}", view(value));
-    }
+        view(value)
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn text(value: &Value) -> String {
