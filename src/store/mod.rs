@@ -122,6 +122,11 @@ impl Store {
         }
     }
 
+    /// Bytes of items and results sent to the writer and not yet committed.
+    pub fn write_backlog(&self) -> usize {
+        self.writer.backlog()
+    }
+
     /// Move a queued job to running. Fire-and-forget: ordered before later writes.
     pub fn mark_started(&self, id: JobId) {
         self.writer.send(Op::MarkStarted { id, at: now() });

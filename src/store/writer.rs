@@ -8,6 +8,8 @@
 //! that a bad op fails alone.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::{Connection, SqliteConnection};
 use time::OffsetDateTime;
@@ -99,6 +101,8 @@ struct Request {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
+    /// Bytes of JSON sent and not yet applied (see [`Writer::backlog`]).
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -107,25 +111,40 @@ impl Writer {
         on_commit: CommitHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(conn, rx, on_commit));
-        (Self { tx }, task)
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(conn, rx, on_commit, backlog.clone()));
+        (Self { tx, backlog }, task)
+    }
+
+    /// Bytes of items and results waiting for the writer. The channel is unbounded (senders
+    /// never block), so the supervisor checks this and stops dispatching while it is high.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, request: Request) -> Result<(), Request> {
+        let bytes = request.op.payload_bytes();
+        self.backlog.fetch_add(bytes, Ordering::Relaxed);
+        self.tx.send(request).map_err(|e| {
+            self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+            e.0
+        })
     }
 
     /// Apply `op` and wait for its commit.
     pub async fn call(&self, op: Op) -> Result<Outcome> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                op,
-                reply: Some(reply),
-            })
-            .map_err(|_| Error::WriterGone)?;
+        self.enqueue(Request {
+            op,
+            reply: Some(reply),
+        })
+        .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
     /// Queue `op` without waiting; it commits before any op sent after it.
     pub fn send(&self, op: Op) {
-        if self.tx.send(Request { op, reply: None }).is_err() {
+        if self.enqueue(Request { op, reply: None }).is_err() {
             tracing::error!("database writer has stopped; a write was dropped");
         }
     }
@@ -135,6 +154,7 @@ async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::UnboundedReceiver<Request>,
     on_commit: CommitHook,
+    backlog: Arc<AtomicUsize>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut bytes = first.op.payload_bytes();
@@ -176,6 +196,7 @@ async fn run(
                 notify(&on_commit, &changed);
             }
         }
+        backlog.fetch_sub(bytes, Ordering::Relaxed);
     }
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the database writer connection");

@@ -2,8 +2,9 @@
 //!
 //! It `select!`s over commands from [`super::PoolHandle`]s, events from worker processes
 //! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
-//! chunks in flight per worker so pipes never idle. Results go to the store's writer (which
-//! publishes after commit); a dead worker is replaced, and its running chunk is retried up to
+//! chunks in flight per worker so pipes never idle, and pauses while the store's writer is
+//! behind (so unrecorded results cannot pile up in memory). Results go to the store's writer
+//! (which publishes after commit); a dead worker is replaced, and its running chunk is retried up to
 //! the job's `max_attempts`, then recorded as `worker_exited` item errors (see `lifecycle`).
 
 mod lifecycle;
@@ -27,6 +28,11 @@ use crate::store::Store;
 /// Chunks in flight per worker: one running, the next already in its pipe.
 const PIPELINE: usize = 2;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Dispatch pauses while more than this many bytes of results wait for the database writer,
+/// so that fast workers and a slow disk cannot fill memory with unrecorded results…
+const MAX_WRITE_BACKLOG: usize = 8 << 20;
+/// …and checks again this often.
+const THROTTLE_RECHECK: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct InFlight {
@@ -72,6 +78,8 @@ struct Supervisor {
     next_task_id: u64,
     last_error: Option<String>,
     draining: bool,
+    /// Dispatch paused for the writer's backlog (see [`MAX_WRITE_BACKLOG`]).
+    throttled: bool,
     /// Chunks split into single-item pieces, by (job, chunk index).
     splits: std::collections::HashMap<(JobId, u64), outcomes::Split>,
 }
@@ -105,6 +113,7 @@ pub async fn run(
         next_task_id: 0,
         last_error: None,
         draining: false,
+        throttled: false,
         splits: Default::default(),
     };
     sup.resume_unfinished_jobs().await;
@@ -128,6 +137,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_restart) => sup.restart_due(),
             _ = tokio::time::sleep_until(next_deadline) => sup.expire_deadlines(),
             _ = tokio::time::sleep_until(drain_deadline), if sup.draining => break,
+            _ = tokio::time::sleep(THROTTLE_RECHECK), if sup.throttled => {}
         }
         if sup.draining {
             if sup.in_flight() == 0 {
@@ -251,7 +261,12 @@ impl Supervisor {
 
     /// Fill every ready worker's pipeline from the queue.
     async fn dispatch(&mut self) {
+        self.throttled = false;
         loop {
+            if self.store.write_backlog() > MAX_WRITE_BACKLOG {
+                self.throttled = true;
+                return;
+            }
             let free = (0..self.slots.len())
                 .filter(|&i| {
                     self.slots[i].state == SlotState::Ready
