@@ -166,19 +166,16 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
         items: 0,
         line: 1,
     };
-    match upload.read(&mut lines).await {
+    // The last chunk goes in with the upload's close, in one transaction.
+    let outcome = match upload.read(&mut lines).await {
+        Ok(true) => upload.store(true).await,
+        other => other,
+    };
+    match outcome {
         Ok(true) => {
-            let id = upload.job.id;
-            if upload.store(true).await? {
-                let job = load_job(&upload.state, id).await?;
-                tracing::info!(job.id = %id, total = job.total, "upload complete");
-                return Ok(job_response(StatusCode::CREATED, job));
-            }
-            drain(lines, &upload.state).await;
-            Ok(job_response(
-                StatusCode::CREATED,
-                load_job(&upload.state, id).await?,
-            ))
+            let job = load_job(&upload.state, upload.job.id).await?;
+            tracing::info!(job.id = %job.id, total = job.total, "upload complete");
+            Ok(job_response(StatusCode::CREATED, job))
         }
         Ok(false) => {
             // Cancelled or failed during the upload: answer with it as it is.
@@ -224,7 +221,11 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
 /// Read line 1 (the job), check it like a JSON body, and store the job with its upload open.
 async fn create_from_first_line(state: &AppState, lines: &mut Lines) -> Result<Job, ApiError> {
     let max_line = state.limits.max_body_bytes;
-    let first = match lines.next().await {
+    let first = tokio::select! {
+        first = lines.next() => first,
+        _ = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+    };
+    let first = match first {
         None => {
             return Err(ApiError::InvalidRequest(
                 "the NDJSON body is empty; line 1 must be the job (every field but `items`)".into(),
