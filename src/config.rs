@@ -1,5 +1,6 @@
 //! Command-line interface and configuration: every `serve` flag is also an environment
-//! variable. Parsed once in `main`; `app::run` receives the result.
+//! variable. Parsed once in `main`; `app::run` receives the result. The client subcommands'
+//! flags live with the client, in `cli`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub enum CliCommand {
     Worker,
     /// Exit 0 if the server answers `GET /readyz` with 200, else 1 (for container health checks).
     Healthcheck(HealthcheckArgs),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

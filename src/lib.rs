@@ -3,10 +3,12 @@
 //! Dependencies point one way: `main -> app -> {api, pool, store, events}`. `api` is the only
 //! module that knows axum/utoipa, `store` the only one that knows sqlx, `pool` the only one
 //! that spawns processes. `model` holds the domain types they share; `protocol` the worker
-//! protocol shared by `pool` and the built-in `worker`.
+//! protocol shared by `pool` and the built-in `worker`. `cli` is the command-line client: it
+//! depends on none of the others and speaks only HTTP.
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod healthcheck;

@@ -1,4 +1,5 @@
-//! The `poold` binary: parse the command line, then serve, be a worker, or check health.
+//! The `poold` binary: parse the command line, then serve, be a worker, check health, or be
+//! the client.
 
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -13,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         CliCommand::Worker => poold::worker::run(),
         CliCommand::Serve(args) => serve(*args),
         CliCommand::Healthcheck(args) => poold::healthcheck::run(&args),
+        CliCommand::Client(command) => std::process::exit(poold::cli::run(command)),
     }
 }
 

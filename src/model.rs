@@ -110,7 +110,10 @@ pub struct Job {
     pub id: JobId,
     pub spec: JobSpec,
     pub status: JobStatus,
+    /// Items stored. Final once `ingesting` is false; until then a running count.
     pub total: u64,
+    /// The job's items are still being uploaded (streaming ingest): it cannot complete yet.
+    pub ingesting: bool,
     pub done: u64,
     pub failed: u64,
     pub error: Option<String>,

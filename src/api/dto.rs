@@ -43,8 +43,10 @@ pub struct JobDto {
     pub max_attempts: u32,
     pub on_error: OnErrorDto,
     pub priority: i32,
-    /// Number of items.
-    pub total: u64,
+    /// Number of items; `null` while a streamed job's items are still being uploaded
+    /// (NDJSON ingest), final once the upload has ended. Always a number for JSON bodies.
+    #[schema(required = true)]
+    pub total: Option<u64>,
     /// Items with a result, errors included.
     pub done: u64,
     /// Items whose result is an error.
@@ -144,7 +146,7 @@ impl From<Job> for JobDto {
                 OnError::FailFast => OnErrorDto::FailFast,
             },
             priority: spec.priority,
-            total: job.total,
+            total: (!job.ingesting).then_some(job.total),
             done: job.done,
             failed: job.failed,
             metadata: spec.metadata,

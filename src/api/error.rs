@@ -132,7 +132,8 @@ impl From<JsonRejection> for ApiError {
                 "the request body is larger than the server's limit".into(),
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
-                "send the body as Content-Type: application/json".into(),
+                "send the body as Content-Type: application/json (or application/x-ndjson to stream items)"
+                    .into(),
             ),
             _ => ApiError::InvalidRequest(rejection.body_text()),
         }

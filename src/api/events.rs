@@ -62,10 +62,12 @@ pub struct EventsQuery {
 pub struct Progress {
     done: u64,
     failed: u64,
-    total: u64,
+    /// `null` while the job's items are still being uploaded (NDJSON ingest).
+    #[schema(required = true)]
+    total: Option<u64>,
     /// Items per second since the job started.
     rate: Option<f64>,
-    /// Seconds left at that rate.
+    /// Seconds left at that rate (`null` while the total is unknown).
     eta_s: Option<f64>,
 }
 
@@ -242,13 +244,15 @@ fn progress_event(job: &Job) -> Event {
         (job.finished_at.unwrap_or_else(OffsetDateTime::now_utc) - start).as_seconds_f64()
     });
     let rate = elapsed.filter(|s| *s > 0.0).map(|s| job.done as f64 / s);
+    let total = (!job.ingesting).then_some(job.total);
     let eta_s = rate
         .filter(|r| *r > 0.0)
-        .map(|r| (job.total - job.done) as f64 / r);
+        .zip(total)
+        .map(|(r, total)| total.saturating_sub(job.done) as f64 / r);
     let progress = Progress {
         done: job.done,
         failed: job.failed,
-        total: job.total,
+        total,
         rate,
         eta_s,
     };

@@ -1,9 +1,13 @@
 //! `/v1/jobs`: submit, list, read, long-poll, cancel and delete map jobs. Their results are in
-//! `results.rs`, their event streams in `events.rs`.
+//! `results.rs`, their event streams in `events.rs`; NDJSON streaming ingest in `ingest.rs`.
+//!
+//! A JSON body is validated, cut into chunks by [`super::ingest::ChunkBatcher`] and stored in
+//! one transaction; an NDJSON body takes the same validation and the same batcher, a batch at
+//! a time as it arrives.
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -41,8 +45,10 @@ pub struct CreateJob {
     /// A function the workers advertise (GET /v1/functions).
     function: String,
     /// The iterable: any JSON values. With `star`, each item is an array of positional arguments.
-    #[schema(value_type = Vec<Object>)]
-    items: Vec<Box<RawValue>>,
+    /// Required in a JSON body; absent from line 1 of an NDJSON body (the items follow it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<Object>, required = true)]
+    pub(super) items: Option<Vec<Box<RawValue>>>,
     /// Fixed keyword arguments, like `functools.partial`. Default `{}`.
     #[schema(value_type = Option<Object>)]
     kwargs: Option<Box<RawValue>>,
@@ -73,14 +79,30 @@ pub struct CreateJob {
 /// With an `Idempotency-Key` header, a repeat of the same request returns the job the first one
 /// created (200) instead of creating another; the same key with another body is a 422
 /// `idempotency_key_reused`.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+///
+/// **Streaming ingest**: with `Content-Type: application/x-ndjson`, line 1 is the job (every
+/// field but `items`) and each further line is one item (blank lines are skipped). The job is
+/// stored when line 1 arrives and its items in chunks as they arrive, so workers start before
+/// the upload ends; until it ends the job shows `total: null` and cannot complete. Without a
+/// `chunksize` a streamed job uses chunks of 100 items (its length is unknown). The body limit
+/// applies to each line, `--max-items-per-job` to the item count. The answer (201 with the
+/// job, `total` final) comes when the upload ends. A bad line N is a 400 whose detail names
+/// line N; the job is then failed with that error (its queued chunks never run; results of
+/// chunks that already ran stay readable). If the job ends during the upload (cancel,
+/// `fail_fast`) the rest of the body is read and dropped, and the answer is the job as it is.
+/// `Idempotency-Key` is not supported with NDJSON (400).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content(
+        (CreateJob = "application/json"),
+        (String = "application/x-ndjson"),
+    ), description = "A CreateJob as JSON; or, as NDJSON, line 1 a CreateJob without `items` and then one JSON item per line"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (JSON bodies only)")),
     responses(
-    (status = 201, description = "Stored; `Location` names it", body = JobDto,
+    (status = 201, description = "Stored; `Location` names it. For NDJSON, after the upload ended", body = JobDto,
      headers(("Location" = String, description = "/v1/jobs/{id}"))),
     (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key", body = JobDto,
      headers(("Location" = String, description = "/v1/jobs/{id}"))),
-    (status = 400, description = "Malformed JSON or invalid fields", body = Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed JSON, invalid fields, or (NDJSON) a bad line, named in `detail`", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "Body or item count over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, body = Problem, content_type = "application/problem+json"),
     (status = 429, description = "`too_many_queued_items`: the server's queue is full; see `Retry-After`", body = Problem, content_type = "application/problem+json",
@@ -88,35 +110,44 @@ pub struct CreateJob {
     (status = 422, description = "`unknown_function`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "`pool_closed`, `shutting_down`, or `not_ready` (no worker has started)", body = Problem, content_type = "application/problem+json"),
 ))]
-async fn create_job(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(mut request): Json<CreateJob>,
-) -> Result<Response, ApiError> {
+async fn create_job(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
     if !state.pool.accepting() {
         return Err(ApiError::PoolClosed);
     }
+    if super::ingest::is_ndjson(request.headers()) {
+        if request.headers().contains_key("idempotency-key") {
+            return Err(ApiError::InvalidRequest(
+                "Idempotency-Key is not supported with NDJSON streaming ingest; send a JSON body to use it".into(),
+            ));
+        }
+        return super::ingest::create_streamed_job(state, request.into_body()).await;
+    }
+    let headers = request.headers().clone();
+    let Json(mut request) = Json::<CreateJob>::from_request(request, &state).await?;
     let idempotency = idempotency(&headers, &request)?;
     if let Some(earlier) = earlier_job(&state, idempotency.as_ref()).await? {
         return Ok(earlier);
     }
-    let items = std::mem::take(&mut request.items);
-    let spec = validate(&state, request, &items)?;
-    admit(&state, items.len() as u64).await?;
-    let functions = state
-        .pool
-        .functions(Duration::from_secs(10))
-        .await
-        .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
-    if !functions.iter().any(|f| f.name == spec.function) {
-        return Err(ApiError::UnknownFunction(spec.function));
+    let Some(items) = request.items.take() else {
+        return Err(ApiError::InvalidRequest("missing field `items`".into()));
+    };
+    if items.len() > state.limits.max_items_per_job {
+        return Err(too_many_items(&state));
     }
-    let job = new_job(spec, items.len() as u64);
-    let chunks = group_in_chunks(&items, job.spec.chunksize as usize);
+    let spec = validate(&state, request, Some(items.len()))?;
+    admit(&state, items.len() as u64).await?;
+    check_function(&state, &spec).await?;
+    let mut batcher = super::ingest::ChunkBatcher::new(spec.chunksize);
+    for (index, item) in items.iter().enumerate() {
+        check_item(&spec, index as u64, item).map_err(ApiError::InvalidRequest)?;
+        batcher.push(item.get());
+    }
     drop(items);
+    let (chunks, chunk_count, total) = batcher.finish();
+    let job = new_job(spec, total, false);
     let new = NewJob {
         job: job.clone(),
         chunks,
@@ -130,11 +161,42 @@ async fn create_job(
         };
     }
     tracing::info!(job.id = %job.id, function = %job.spec.function, total = job.total, "job accepted");
-    state.pool.job_created(job.clone()).await?;
+    state.pool.chunks_stored(&job, chunk_count).await?;
     Ok(job_response(StatusCode::CREATED, job))
 }
 
-fn job_response(status: StatusCode, job: Job) -> Response {
+pub(super) fn too_many_items(state: &AppState) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "more items than the limit of {} per job",
+        state.limits.max_items_per_job
+    ))
+}
+
+/// The function must be one the workers advertise (waiting a little for the first worker).
+pub(super) async fn check_function(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    let functions = state
+        .pool
+        .functions(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
+    if !functions.iter().any(|f| f.name == spec.function) {
+        return Err(ApiError::UnknownFunction(spec.function.clone()));
+    }
+    Ok(())
+}
+
+/// One item's own check: with `star`, an item must be an array of arguments.
+pub(super) fn check_item(spec: &JobSpec, index: u64, item: &RawValue) -> Result<(), String> {
+    if spec.star && !item.get().starts_with('[') {
+        return Err(format!(
+            "star is true, so every item must be an array of arguments; item {index} is {}",
+            item.get()
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn job_response(status: StatusCode, job: Job) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
     (
         status,
@@ -184,8 +246,9 @@ async fn earlier_job(
 }
 
 /// Admission control: refuse (429, `Retry-After`) a job that would take the items queued or
-/// running across all jobs over `--max-queued-items`.
-async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> {
+/// running across all jobs over `--max-queued-items`. A streamed job (length unknown) is
+/// admitted with `items` = 0, i.e. when the queue is not full already.
+pub(super) async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> {
     let limit = state.limits.max_queued_items;
     let queued = state.store.unfinished_items().await?;
     if queued.saturating_add(items) > limit {
@@ -197,20 +260,17 @@ async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Check the request (its items taken out) and apply defaults.
-fn validate(
+/// Chunk size of a streamed job that names none (its length is unknown).
+pub const STREAM_CHUNKSIZE: u32 = 100;
+
+/// Check the request (its items taken out) and apply defaults. `items` is the number of items
+/// when known (a JSON body), for the automatic chunksize.
+pub(super) fn validate(
     state: &AppState,
     request: CreateJob,
-    items: &[Box<RawValue>],
+    items: Option<usize>,
 ) -> Result<JobSpec, ApiError> {
     let invalid = |msg: String| Err(ApiError::InvalidRequest(msg));
-    let limit = state.limits.max_items_per_job;
-    if items.len() > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} items is more than the limit of {limit} per job",
-            items.len()
-        )));
-    }
     if request.function.is_empty() {
         return invalid("function must not be empty".into());
     }
@@ -224,21 +284,13 @@ fn validate(
     };
     let kwargs = object_or_empty(request.kwargs, "kwargs")?;
     let metadata = object_or_empty(request.metadata, "metadata")?;
-    if request.star
-        && let Some((i, item)) = items
-            .iter()
-            .enumerate()
-            .find(|(_, item)| !item.get().starts_with('['))
-    {
-        return invalid(format!(
-            "star is true, so every item must be an array of arguments; item {i} is {}",
-            item.get()
-        ));
-    }
-    let chunksize = match request.chunksize {
-        None => auto_chunksize(items.len(), state.pool_size),
-        Some(c) if (1..=1_000_000).contains(&c) => c as u32,
-        Some(c) => return invalid(format!("chunksize must be between 1 and 1000000, got {c}")),
+    let chunksize = match (request.chunksize, items) {
+        (None, Some(n)) => auto_chunksize(n, state.pool_size),
+        (None, None) => STREAM_CHUNKSIZE,
+        (Some(c), _) if (1..=1_000_000).contains(&c) => c as u32,
+        (Some(c), _) => {
+            return invalid(format!("chunksize must be between 1 and 1000000, got {c}"));
+        }
     };
     if let Some(t) = request.timeout_s
         && !(t.is_finite() && t > 0.0)
@@ -266,19 +318,22 @@ fn validate(
     })
 }
 
-fn new_job(spec: JobSpec, total: u64) -> Job {
+/// A job about to be stored with `total` items; `ingesting`: more will be uploaded.
+pub(super) fn new_job(spec: JobSpec, total: u64, ingesting: bool) -> Job {
     let now = OffsetDateTime::now_utc();
     // An empty map is done at once, like `pool.map(f, [])`.
-    let finished = (total == 0).then_some(now);
+    let empty = total == 0 && !ingesting;
+    let finished = empty.then_some(now);
     Job {
         id: Uuid::now_v7(),
         spec,
-        status: if total == 0 {
+        status: if empty {
             JobStatus::Completed
         } else {
             JobStatus::Queued
         },
         total,
+        ingesting,
         done: 0,
         failed: 0,
         error: None,
@@ -286,28 +341,6 @@ fn new_job(spec: JobSpec, total: u64) -> Job {
         started_at: finished,
         finished_at: finished,
     }
-}
-
-/// `[[item, …], …]`: the items as a JSON array of chunks, for the store's `json_each` insert.
-fn group_in_chunks(items: &[Box<RawValue>], chunksize: usize) -> String {
-    let bytes: usize = items.iter().map(|i| i.get().len() + 1).sum();
-    let mut out = String::with_capacity(bytes + 2 * items.len() / chunksize.max(1) + 4);
-    out.push('[');
-    for (n, chunk) in items.chunks(chunksize.max(1)).enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        out.push('[');
-        for (i, item) in chunk.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(item.get());
-        }
-        out.push(']');
-    }
-    out.push(']');
-    out
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

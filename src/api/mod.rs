@@ -10,6 +10,7 @@ mod dto;
 mod error;
 mod events;
 mod health;
+mod ingest;
 mod jobs;
 mod pool;
 mod results;

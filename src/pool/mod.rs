@@ -2,7 +2,8 @@
 //! them. The only module that spawns processes.
 //!
 //! [`start`] spawns the [`supervisor`] task and returns a [`PoolHandle`], the cheap clone the
-//! API holds: it tells the supervisor about new and cancelled jobs, asks for snapshots, and
+//! API holds: it tells the supervisor about stored chunks (of new jobs, and of jobs whose items
+//! are still being uploaded) and about cancelled jobs, asks for snapshots, and
 //! reads the functions the workers advertise. Chunks come from the store, results go back to
 //! it; [`queue`] decides which job's chunk runs next; [`process`] owns one OS process.
 
@@ -70,7 +71,7 @@ pub struct PoolSnapshot {
 }
 
 enum Command {
-    JobCreated(Box<Job>),
+    ChunksStored(Box<Job>, u64),
     JobEnded(JobId),
     Snapshot(oneshot::Sender<PoolSnapshot>),
 }
@@ -107,10 +108,12 @@ pub fn start(
 }
 
 impl PoolHandle {
-    /// A new job was stored: schedule its chunks.
-    pub async fn job_created(&self, job: Job) -> Result<(), Error> {
+    /// `chunks` more chunks of `job` were committed to the store (all of a new job's, or the
+    /// next batch of an upload): schedule them. While `job.ingesting`, the job stays scheduled
+    /// between batches; the call for an upload's last batch (even of no chunk) clears it.
+    pub async fn chunks_stored(&self, job: &Job, chunks: u64) -> Result<(), Error> {
         self.commands
-            .send(Command::JobCreated(Box::new(job)))
+            .send(Command::ChunksStored(Box::new(job.clone()), chunks))
             .await
             .map_err(|_| Error::Stopped)
     }

@@ -29,6 +29,9 @@ pub struct ActiveJob {
     pub spec: JobSpec,
     /// Whether the store has been told the job is running.
     pub started: bool,
+    /// Its items are still being uploaded: more chunks may come, so it stays scheduled (and
+    /// keeps its place in the chunk order) even when it has caught up with the upload.
+    open: bool,
     pub in_flight: u32,
     /// Moving average of its chunks' run time in seconds, once one has finished.
     pub chunk_secs: Option<f64>,
@@ -52,15 +55,20 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Schedule a job whose store has `unfetched` queued chunks.
+    /// Schedule `unfetched` more queued chunks of a job: a new one, one resumed on start, or
+    /// one whose upload stored another batch or ended (`job.ingesting` says which). A count
+    /// that turns out too high costs one empty fetch.
     pub fn add(&mut self, job: &Job, unfetched: u64) {
-        if self.get_mut(job.id).is_some() {
+        if let Some(active) = self.get_mut(job.id) {
+            active.unfetched += unfetched;
+            active.open = job.ingesting;
             return;
         }
         self.jobs.push(ActiveJob {
             id: job.id,
             spec: job.spec.clone(),
             started: job.status != crate::model::JobStatus::Queued,
+            open: job.ingesting,
             in_flight: 0,
             chunk_secs: None,
             span: tracing::info_span!("job", job.id = %job.id, function = %job.spec.function),
@@ -101,7 +109,9 @@ impl Queue {
     /// Forget a job that has nothing left to run or wait for. Returns whether it was dropped.
     pub fn retire_if_done(&mut self, id: JobId) -> bool {
         match self.get_mut(id) {
-            Some(job) if !job.has_work() && job.in_flight == 0 => self.remove(id).is_some(),
+            Some(job) if !job.has_work() && job.in_flight == 0 && !job.open => {
+                self.remove(id).is_some()
+            }
             _ => false,
         }
     }

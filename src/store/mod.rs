@@ -66,6 +66,7 @@ impl Store {
             .disable_statement_logging();
         let mut conn = options.connect().await?;
         sqlx::migrate!("./migrations").run(&mut conn).await?;
+        fail_interrupted_uploads(&mut conn).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -92,6 +93,38 @@ impl Store {
             .call(Op::CreateJob(Box::new(job)))
             .await
             .map(drop)
+    }
+
+    /// Store more chunks of a job whose upload is open (`chunks`: a JSON array of arrays of
+    /// items, numbered from `first_chunk`); `close` ends the upload, making the total final.
+    /// Returns false, storing nothing, when the job already ended (cancelled, failed).
+    pub async fn append_chunks(
+        &self,
+        id: JobId,
+        first_chunk: u64,
+        chunksize: u32,
+        chunks: String,
+        items: u64,
+        close: bool,
+    ) -> Result<bool> {
+        let op = Op::AppendChunks {
+            id,
+            first_chunk,
+            chunksize,
+            chunks,
+            items,
+            close,
+            at: now(),
+        };
+        match self.writer.call(op).await? {
+            Outcome::Changed(appended) => Ok(appended),
+            other => unreachable!("append_chunks answered {other:?}"),
+        }
+    }
+
+    /// Bytes of items and results sent to the writer and not yet committed.
+    pub fn write_backlog(&self) -> usize {
+        self.writer.backlog()
     }
 
     /// Move a queued job to running. Fire-and-forget: ordered before later writes.
@@ -311,6 +344,35 @@ impl Store {
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
+}
+
+/// On start, before anything runs: a job whose upload was still open when poold stopped can
+/// never get the rest of its items (that connection is gone), so it fails and its queued
+/// chunks are dropped; the results of chunks that already ran stay readable.
+async fn fail_interrupted_uploads(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "update chunks set status = 'cancelled' where status = 'queued' and job_id in
+             (select id from jobs where ingesting = 1 and status in ('queued', 'running'))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let failed = sqlx::query(
+        "update jobs set status = 'failed', ingesting = 0, finished_at = ?1,
+                error = 'poold stopped while the job''s items were being uploaded'
+         where ingesting = 1 and status in ('queued', 'running')",
+    )
+    .bind(format_time(now()))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if failed.rows_affected() > 0 {
+        tracing::warn!(
+            jobs = failed.rows_affected(),
+            "failed jobs whose upload was cut off by a restart"
+        );
+    }
+    Ok(())
 }
 
 impl Store {

@@ -8,6 +8,8 @@
 //! that a bad op fails alone.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::{Connection, SqliteConnection};
 use time::OffsetDateTime;
@@ -17,10 +19,15 @@ use super::rows::format_time;
 use super::{CommitHook, Error, Result};
 use crate::model::{Job, JobId, JobStatus};
 
-/// The most ops folded into one transaction.
+/// The most ops folded into one transaction…
 const MAX_BATCH: usize = 1024;
+/// …and the most bytes of items and results they may carry: a batch's statements parse its
+/// JSON at once, so this bounds the writer's memory however far behind it falls (larger
+/// batches measured no faster).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// A job to insert with its chunks: `chunks` is a JSON array of arrays of items.
+/// A job to insert with its chunks: `chunks` is a JSON array of arrays of items (chunk 0
+/// first). With `job.ingesting`, more chunks follow through [`Op::AppendChunks`].
 pub struct NewJob {
     pub job: Job,
     pub chunks: String,
@@ -43,6 +50,17 @@ pub enum DeleteOutcome {
 
 pub enum Op {
     CreateJob(Box<NewJob>),
+    /// More chunks of a job whose upload is open, numbered from `first_chunk`; `close` ends
+    /// the upload (the total is then final). Skipped when the job has ended meanwhile.
+    AppendChunks {
+        id: JobId,
+        first_chunk: u64,
+        chunksize: u32,
+        chunks: String,
+        items: u64,
+        close: bool,
+        at: OffsetDateTime,
+    },
     MarkStarted {
         id: JobId,
         at: OffsetDateTime,
@@ -89,6 +107,8 @@ struct Request {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
+    /// Bytes of JSON sent and not yet applied (see [`Writer::backlog`]).
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -97,25 +117,40 @@ impl Writer {
         on_commit: CommitHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(conn, rx, on_commit));
-        (Self { tx }, task)
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(conn, rx, on_commit, backlog.clone()));
+        (Self { tx, backlog }, task)
+    }
+
+    /// Bytes of items and results waiting for the writer. The channel is unbounded (senders
+    /// never block), so the supervisor checks this and stops dispatching while it is high.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, request: Request) -> Result<(), Request> {
+        let bytes = request.op.payload_bytes();
+        self.backlog.fetch_add(bytes, Ordering::Relaxed);
+        self.tx.send(request).map_err(|e| {
+            self.backlog.fetch_sub(bytes, Ordering::Relaxed);
+            e.0
+        })
     }
 
     /// Apply `op` and wait for its commit.
     pub async fn call(&self, op: Op) -> Result<Outcome> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                op,
-                reply: Some(reply),
-            })
-            .map_err(|_| Error::WriterGone)?;
+        self.enqueue(Request {
+            op,
+            reply: Some(reply),
+        })
+        .map_err(|_| Error::WriterGone)?;
         rx.await.map_err(|_| Error::WriterGone)?
     }
 
     /// Queue `op` without waiting; it commits before any op sent after it.
     pub fn send(&self, op: Op) {
-        if self.tx.send(Request { op, reply: None }).is_err() {
+        if self.enqueue(Request { op, reply: None }).is_err() {
             tracing::error!("database writer has stopped; a write was dropped");
         }
     }
@@ -125,10 +160,16 @@ async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::UnboundedReceiver<Request>,
     on_commit: CommitHook,
+    backlog: Arc<AtomicUsize>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let requests: Vec<Request> = std::mem::take(&mut batch);
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.op.payload_bytes();
+        let mut requests = vec![first];
+        while requests.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.op.payload_bytes();
+            requests.push(next);
+        }
         let mut changed = BTreeSet::new();
         match apply_batch(&mut conn, &requests).await {
             Ok(outcomes) => {
@@ -161,6 +202,7 @@ async fn run(
                 notify(&on_commit, &changed);
             }
         }
+        backlog.fetch_sub(bytes, Ordering::Relaxed);
     }
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the database writer connection");
@@ -203,11 +245,25 @@ impl Op {
     fn job_id(&self) -> Option<JobId> {
         match self {
             Op::CreateJob(new) => Some(new.job.id),
-            Op::MarkStarted { id, .. }
+            Op::AppendChunks { id, .. }
+            | Op::MarkStarted { id, .. }
             | Op::RecordChunk { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => Some(*id),
             Op::PurgeFinished { .. } => None,
+        }
+    }
+
+    /// Roughly the bytes of JSON this op hands to SQLite.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Op::CreateJob(new) => new.chunks.len(),
+            Op::AppendChunks { chunks, .. } => chunks.len(),
+            Op::RecordChunk { outcomes, .. } => outcomes.len(),
+            Op::MarkStarted { .. }
+            | Op::FinishJob { .. }
+            | Op::DeleteJob { .. }
+            | Op::PurgeFinished { .. } => 64,
         }
     }
 
@@ -311,8 +367,10 @@ async fn record_chunks(conn: &mut SqliteConnection, run: &[Request]) -> Result<V
             done = jobs.done + c.items,
             failed = jobs.failed + c.errors,
             status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                               and jobs.ingesting = 0
                           then 'completed' else jobs.status end,
             finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                               and jobs.ingesting = 0
                                then ?2 else jobs.finished_at end
          from (select value ->> 'job' as job_id, sum(value ->> 'size') as items, sum(value ->> 'failed') as errors
                from json_each(?1) group by 1) as c
@@ -341,6 +399,43 @@ fn json_array(items: impl Iterator<Item = String>) -> String {
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
     match op {
         Op::CreateJob(new) => create_job(conn, new).await,
+        Op::AppendChunks {
+            id,
+            first_chunk,
+            chunksize,
+            chunks,
+            items,
+            close,
+            at,
+        } => {
+            let id = id.to_string();
+            let open = sqlx::query(
+                "update jobs set total = total + ?2, ingesting = not ?3
+                 where id = ?1 and ingesting = 1 and status in ('queued', 'running')",
+            )
+            .bind(&id)
+            .bind(*items as i64)
+            .bind(*close)
+            .execute(&mut *conn)
+            .await?;
+            if open.rows_affected() == 0 {
+                return Ok(Outcome::Changed(false)); // cancelled or failed during the upload
+            }
+            insert_chunks(conn, &id, *first_chunk, *chunksize, chunks).await?;
+            if *close {
+                // Every item may already have its result.
+                sqlx::query(
+                    "update jobs set status = 'completed', started_at = coalesce(started_at, ?2),
+                            finished_at = ?2
+                     where id = ?1 and status in ('queued', 'running') and done >= total",
+                )
+                .bind(&id)
+                .bind(format_time(*at))
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(Outcome::Changed(true))
+        }
         Op::MarkStarted { id, at } => {
             sqlx::query("update jobs set status = 'running', started_at = ?2 where id = ?1 and status = 'queued'")
                 .bind(id.to_string())
@@ -359,7 +454,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
             debug_assert!(matches!(status, JobStatus::Failed | JobStatus::Cancelled));
             let id = id.to_string();
             let ended = sqlx::query(
-                "update jobs set status = ?2, error = ?3, finished_at = ?4
+                "update jobs set status = ?2, error = ?3, finished_at = ?4, ingesting = 0
                  where id = ?1 and status in ('queued', 'running')",
             )
             .bind(&id)
@@ -440,8 +535,8 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     sqlx::query(
         "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
                            priority, metadata, status, total, created_at, started_at, finished_at,
-                           idempotency_key, request_hash)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                           idempotency_key, request_hash, ingesting)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )
     .bind(&id)
     .bind(&spec.function)
@@ -460,16 +555,32 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     .bind(job.finished_at.map(format_time))
     .bind(idempotency.as_ref().map(|i| i.key.as_str()))
     .bind(idempotency.as_ref().map(|i| i.request_hash.as_str()))
+    .bind(job.ingesting)
     .execute(&mut *conn)
     .await?;
+    insert_chunks(conn, &id, 0, spec.chunksize, chunks).await?;
+    Ok(Outcome::Done)
+}
+
+/// Insert a JSON array of chunks (arrays of items) as chunks `first_chunk`, `first_chunk + 1`, …
+/// Every chunk but a job's last holds `chunksize` items, so chunk k starts at item k × chunksize.
+async fn insert_chunks(
+    conn: &mut SqliteConnection,
+    id: &str,
+    first_chunk: u64,
+    chunksize: u32,
+    chunks: &str,
+) -> Result<()> {
     sqlx::query(
         "insert into chunks (job_id, chunk_index, start_index, size, items, status)
-         select ?1, key, key * ?2, json_array_length(value), value, 'queued' from json_each(?3)",
+         select ?1, ?2 + key, (?2 + key) * ?3, json_array_length(value), value, 'queued'
+         from json_each(?4)",
     )
-    .bind(&id)
-    .bind(spec.chunksize)
-    .bind(chunks.as_str())
+    .bind(id)
+    .bind(first_chunk as i64)
+    .bind(chunksize)
+    .bind(chunks)
     .execute(&mut *conn)
     .await?;
-    Ok(Outcome::Done)
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //! It `select!`s over commands from [`super::PoolHandle`]s, events from worker processes
 //! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
 //! chunks in flight per worker so pipes never idle — but only behind chunks known to be short
-//! ([`PIPELINE_BELOW`]), so a chunk never waits behind a long one while a worker is idle.
+//! ([`PIPELINE_BELOW`]), so a chunk never waits behind a long one while a worker is idle — and
+//! pauses while the store's writer is behind (so unrecorded results cannot pile up in memory).
 //! Results go to the store's writer (which publishes after commit); a dead worker is replaced,
 //! and its running chunk is retried up to the job's `max_attempts`, then narrowed down to the
 //! guilty item (see `lifecycle` and `outcomes`). Metrics are recorded here (`crate::metrics`).
@@ -33,6 +34,11 @@ const PIPELINE: usize = 2;
 /// one it would hold a chunk back that an idle worker could run.
 const PIPELINE_BELOW: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Dispatch pauses while more than this many bytes of results wait for the database writer,
+/// so that fast workers and a slow disk cannot fill memory with unrecorded results…
+const MAX_WRITE_BACKLOG: usize = 8 << 20;
+/// …and checks again this often.
+const THROTTLE_RECHECK: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct InFlight {
@@ -84,6 +90,8 @@ struct Supervisor {
     next_task_id: u64,
     last_error: Option<String>,
     draining: bool,
+    /// Dispatch paused for the writer's backlog (see [`MAX_WRITE_BACKLOG`]).
+    throttled: bool,
     /// Chunks split into single-item pieces, by (job, chunk index).
     splits: std::collections::HashMap<(JobId, u64), outcomes::Split>,
 }
@@ -119,6 +127,7 @@ pub async fn run(
         next_task_id: 0,
         last_error: None,
         draining: false,
+        throttled: false,
         splits: Default::default(),
     };
     sup.resume_unfinished_jobs().await;
@@ -142,6 +151,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_restart) => sup.restart_due(),
             _ = tokio::time::sleep_until(next_deadline) => sup.expire_deadlines(),
             _ = tokio::time::sleep_until(drain_deadline), if sup.draining => break,
+            _ = tokio::time::sleep(THROTTLE_RECHECK), if sup.throttled => {}
         }
         if sup.draining {
             if sup.in_flight() == 0 {
@@ -191,10 +201,10 @@ impl Supervisor {
 
     async fn handle_command(&mut self, command: Command) {
         match command {
-            Command::JobCreated(job) => {
+            Command::ChunksStored(job, chunks) => {
                 if !job.status.is_finished() {
-                    let chunks = job.total.div_ceil(u64::from(job.spec.chunksize));
                     self.queue.add(&job, chunks);
+                    self.queue.retire_if_done(job.id); // an upload that ended with no new chunk
                 }
             }
             Command::JobEnded(id) => self.drop_job(id),
@@ -295,7 +305,12 @@ impl Supervisor {
 
     /// Fill every ready worker's pipeline from the queue.
     async fn dispatch(&mut self) {
+        self.throttled = false;
         loop {
+            if self.store.write_backlog() > MAX_WRITE_BACKLOG {
+                self.throttled = true;
+                return;
+            }
             let free = (0..self.slots.len())
                 .filter(|&i| {
                     let slot = &self.slots[i];

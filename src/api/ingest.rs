@@ -1,0 +1,413 @@
+//! Streaming ingest: `POST /v1/jobs` with `Content-Type: application/x-ndjson`, called by
+//! `jobs::create_job`. Also owns [`ChunkBatcher`], which cuts items into chunks for the store
+//! whatever the body's type.
+//!
+//! Line 1 is the job (a `CreateJob` without `items`, validated like a JSON body); the job is
+//! stored as soon as it parses, with `ingesting` set. Each further line is one item. Items are
+//! batched into full chunks, and a batch is stored (and the supervisor told) when it holds
+//! [`BATCH_CHUNKS`] chunks or [`BATCH_BYTES`] bytes, or when a full chunk has waited
+//! [`BATCH_WAIT`] for more, so that workers start on a slow upload's first chunks at once.
+//! Memory is bounded by one batch plus one line, whatever the job's size. At the end of the
+//! body the last (partial) chunk is stored with the upload's close in one transaction: `total`
+//! becomes final and the job may complete.
+//!
+//! The upload runs in a task of its own, so that if the client goes away mid-upload (axum then
+//! drops the handler) the job is still failed rather than left open.
+
+use std::io;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
+
+use super::jobs::{
+    CreateJob, admit, check_function, check_item, job_response, load_job, new_job, too_many_items,
+    validate,
+};
+use super::{ApiError, AppState};
+use crate::model::{Job, JobStatus};
+use crate::store::NewJob;
+
+/// A batch is stored once it holds this many full chunks…
+const BATCH_CHUNKS: u64 = 64;
+/// …or this many bytes of items…
+const BATCH_BYTES: usize = 1 << 20;
+/// …or once a full chunk has waited this long for more items.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// After an error, or once the job has ended, the rest of the body is read and dropped for at
+/// most this long (so the client can read the answer), then the connection is closed.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
+/// Cuts items (JSON text) into chunks of `chunksize`, as the JSON array of arrays that the
+/// store inserts with `json_each`.
+pub struct ChunkBatcher {
+    chunksize: u32,
+    /// Full chunks: `[[…],[…]` without its closing bracket; empty when there are none.
+    full: String,
+    full_chunks: u64,
+    full_items: u64,
+    /// The chunk being filled: `[a,b` without its closing bracket.
+    current: String,
+    current_items: u32,
+}
+
+impl ChunkBatcher {
+    pub fn new(chunksize: u32) -> Self {
+        Self {
+            chunksize: chunksize.max(1),
+            full: String::new(),
+            full_chunks: 0,
+            full_items: 0,
+            current: String::new(),
+            current_items: 0,
+        }
+    }
+
+    /// Add one item (valid JSON text).
+    pub fn push(&mut self, item: &str) {
+        self.current
+            .push(if self.current_items == 0 { '[' } else { ',' });
+        self.current.push_str(item);
+        self.current_items += 1;
+        if self.current_items == self.chunksize {
+            self.close_current();
+        }
+    }
+
+    fn close_current(&mut self) {
+        self.current.push(']');
+        self.full.push(if self.full.is_empty() { '[' } else { ',' });
+        self.full.push_str(&self.current);
+        self.current.clear();
+        self.full_chunks += 1;
+        self.full_items += u64::from(self.current_items);
+        self.current_items = 0;
+    }
+
+    pub fn full_chunks(&self) -> u64 {
+        self.full_chunks
+    }
+
+    pub fn full_bytes(&self) -> usize {
+        self.full.len()
+    }
+
+    /// Take the full chunks: (JSON array of chunks, chunks, items).
+    pub fn take_full(&mut self) -> (String, u64, u64) {
+        let mut chunks = std::mem::take(&mut self.full);
+        chunks.push(if chunks.is_empty() { '[' } else { ']' });
+        if chunks == "[" {
+            chunks.push(']');
+        }
+        let taken = (chunks, self.full_chunks, self.full_items);
+        self.full_chunks = 0;
+        self.full_items = 0;
+        taken
+    }
+
+    /// Take every chunk, the last one possibly partial.
+    pub fn finish(mut self) -> (String, u64, u64) {
+        if self.current_items > 0 {
+            self.close_current();
+        }
+        self.take_full()
+    }
+}
+
+type Lines = FramedRead<
+    StreamReader<
+        futures::stream::MapErr<axum::body::BodyDataStream, fn(axum::Error) -> io::Error>,
+        axum::body::Bytes,
+    >,
+    LinesCodec,
+>;
+
+/// Store a job from an NDJSON body as it arrives (see the module doc).
+pub async fn create_streamed_job(state: AppState, body: Body) -> Result<Response, ApiError> {
+    match tokio::spawn(ingest(state, body)).await {
+        Ok(answer) => answer,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
+    let max_line = state.limits.max_body_bytes;
+    let to_io: fn(axum::Error) -> io::Error = io::Error::other;
+    let reader = StreamReader::new(body.into_data_stream().map_err(to_io));
+    let mut lines: Lines = FramedRead::new(reader, LinesCodec::new_with_max_length(max_line));
+    let job = match create_from_first_line(&state, &mut lines).await {
+        Ok(job) => job,
+        Err(error) => {
+            // Let the client finish sending, so that it reads this answer.
+            drain(lines, &state).await;
+            return Err(error);
+        }
+    };
+    tracing::info!(job.id = %job.id, function = %job.spec.function, "streamed job accepted; its items are arriving");
+    let mut upload = Upload {
+        batcher: ChunkBatcher::new(job.spec.chunksize),
+        state,
+        job,
+        next_chunk: 0,
+        items: 0,
+        line: 1,
+    };
+    // The last chunk goes in with the upload's close, in one transaction.
+    let outcome = match upload.read(&mut lines).await {
+        Ok(true) => upload.store(true).await,
+        other => other,
+    };
+    match outcome {
+        Ok(true) => {
+            let job = load_job(&upload.state, upload.job.id).await?;
+            tracing::info!(job.id = %job.id, total = job.total, "upload complete");
+            Ok(job_response(StatusCode::CREATED, job))
+        }
+        Ok(false) => {
+            // Cancelled or failed during the upload: answer with it as it is.
+            drain(lines, &upload.state).await;
+            Ok(job_response(
+                StatusCode::CREATED,
+                load_job(&upload.state, upload.job.id).await?,
+            ))
+        }
+        Err(error) => {
+            let id = upload.job.id;
+            let reason = match &error {
+                ApiError::Store(_) | ApiError::Pool(_) => "an internal error".to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(job.id = %id, error = %error, "upload failed; failing the job");
+            let state = &upload.state;
+            let message = format!("the upload of its items failed: {reason}");
+            if state
+                .store
+                .finish_job(id, JobStatus::Failed, Some(message))
+                .await?
+            {
+                // At shutdown the supervisor may be gone already: nothing of it runs then.
+                let _ = state.pool.job_ended(id).await;
+            }
+            if !matches!(error, ApiError::ShuttingDown) {
+                drain(lines, state).await;
+            }
+            Err(match error {
+                ApiError::InvalidRequest(detail) => ApiError::InvalidRequest(format!(
+                    "{detail}; job {id} was failed and none of its remaining items will run"
+                )),
+                ApiError::PayloadTooLarge(detail) => ApiError::PayloadTooLarge(format!(
+                    "{detail}; job {id} was failed and none of its remaining items will run"
+                )),
+                other => other,
+            })
+        }
+    }
+}
+
+/// Read line 1 (the job), check it like a JSON body, and store the job with its upload open.
+async fn create_from_first_line(state: &AppState, lines: &mut Lines) -> Result<Job, ApiError> {
+    let max_line = state.limits.max_body_bytes;
+    let first = tokio::select! {
+        first = lines.next() => first,
+        _ = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+    };
+    let first = match first {
+        None => {
+            return Err(ApiError::InvalidRequest(
+                "the NDJSON body is empty; line 1 must be the job (every field but `items`)".into(),
+            ));
+        }
+        Some(line) => line.map_err(|e| line_error(1, e, max_line))?,
+    };
+    let request: CreateJob = serde_json::from_str(&first)
+        .map_err(|e| ApiError::InvalidRequest(format!("line 1 (the job): {e}")))?;
+    if request.items.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "line 1 (the job) must not have `items`: send one item per line after it".into(),
+        ));
+    }
+    let spec = validate(state, request, None)?;
+    // Its length is unknown: admitted if the queue is not full already.
+    admit(state, 0).await?;
+    check_function(state, &spec).await?;
+    let job = new_job(spec, 0, true);
+    state
+        .store
+        .create_job(NewJob {
+            job: job.clone(),
+            chunks: "[]".into(),
+            idempotency: None,
+        })
+        .await?;
+    Ok(job)
+}
+
+/// An open upload: the job and where its items stand.
+struct Upload {
+    state: AppState,
+    job: Job,
+    batcher: ChunkBatcher,
+    /// Index of the next chunk to store.
+    next_chunk: u64,
+    /// Items read so far.
+    items: u64,
+    /// Number of the line last read (1-based; line 1 is the job).
+    line: u64,
+}
+
+impl Upload {
+    /// Read item lines to the end of the body, storing full chunks in batches. `Ok(false)`
+    /// when the job ended meanwhile (cancelled, failed fast); the last partial chunk is left
+    /// for [`Upload::store`]`(true)`.
+    async fn read(&mut self, lines: &mut Lines) -> Result<bool, ApiError> {
+        let max_line = self.state.limits.max_body_bytes;
+        let limit = self.state.limits.max_items_per_job as u64;
+        let shutdown = self.state.shutdown.clone();
+        let mut store_at = Instant::now();
+        loop {
+            let waiting = self.batcher.full_chunks() > 0;
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+                next = lines.next() => next,
+                _ = tokio::time::sleep_until(store_at), if waiting => {
+                    if !self.store(false).await? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            };
+            let Some(line) = next else {
+                return Ok(true);
+            };
+            self.line += 1;
+            let line = line.map_err(|e| line_error(self.line, e, max_line))?;
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let item: &RawValue = serde_json::from_str(text).map_err(|e| {
+                let reason = e.to_string();
+                let reason = reason.split(" at line ").next().unwrap_or_default();
+                ApiError::InvalidRequest(format!(
+                    "line {} is not a JSON item: {reason} at column {}",
+                    self.line,
+                    e.column()
+                ))
+            })?;
+            if self.items >= limit {
+                let ApiError::PayloadTooLarge(detail) = too_many_items(&self.state) else {
+                    unreachable!("too_many_items is a PayloadTooLarge")
+                };
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "line {}: {detail}",
+                    self.line
+                )));
+            }
+            check_item(&self.job.spec, self.items, item)
+                .map_err(|e| ApiError::InvalidRequest(format!("line {}: {e}", self.line)))?;
+            let had_full = waiting;
+            self.batcher.push(item.get());
+            self.items += 1;
+            if !had_full && self.batcher.full_chunks() > 0 {
+                store_at = Instant::now() + BATCH_WAIT;
+            }
+            if (self.batcher.full_chunks() >= BATCH_CHUNKS
+                || self.batcher.full_bytes() >= BATCH_BYTES)
+                && !self.store(false).await?
+            {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Store the full chunks (with `close`, every chunk, and end the upload), then tell the
+    /// supervisor. `Ok(false)` when the job has ended: nothing was stored.
+    async fn store(&mut self, close: bool) -> Result<bool, ApiError> {
+        let (chunks, count, items) = if close {
+            std::mem::replace(&mut self.batcher, ChunkBatcher::new(1)).finish()
+        } else {
+            self.batcher.take_full()
+        };
+        let id = self.job.id;
+        let chunksize = self.job.spec.chunksize;
+        let stored = self
+            .state
+            .store
+            .append_chunks(id, self.next_chunk, chunksize, chunks, items, close)
+            .await?;
+        if !stored {
+            // Ended meanwhile; make sure the supervisor has not kept it scheduled.
+            let _ = self.state.pool.job_ended(id).await; // gone at shutdown: fine
+            return Ok(false);
+        }
+        self.next_chunk += count;
+        if close {
+            self.job.ingesting = false;
+        }
+        if count > 0 || close {
+            self.state.pool.chunks_stored(&self.job, count).await?;
+        }
+        Ok(true)
+    }
+}
+
+fn line_error(line: u64, error: LinesCodecError, max_line: usize) -> ApiError {
+    match error {
+        LinesCodecError::MaxLineLengthExceeded => ApiError::PayloadTooLarge(format!(
+            "line {line} is longer than the limit of {max_line} bytes"
+        )),
+        LinesCodecError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            ApiError::InvalidRequest(format!("line {line} is not valid UTF-8"))
+        }
+        LinesCodecError::Io(e) => {
+            ApiError::InvalidRequest(format!("the upload broke off at line {line}: {e}"))
+        }
+    }
+}
+
+/// Read and drop the rest of the body (bounded in time), so the client gets to read the answer.
+async fn drain(lines: Lines, state: &AppState) {
+    let mut rest = lines.into_inner();
+    let mut sink = tokio::io::sink();
+    let sink = tokio::io::copy(&mut rest, &mut sink);
+    tokio::select! {
+        _ = sink => {}
+        _ = tokio::time::sleep(DRAIN_LIMIT) => {}
+        _ = state.shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkBatcher;
+
+    #[test]
+    fn batcher_cuts_full_chunks_and_a_partial_last_one() {
+        let mut batcher = ChunkBatcher::new(2);
+        assert_eq!(batcher.take_full(), ("[]".to_string(), 0, 0));
+        for item in ["1", "\"a\"", "[3]"] {
+            batcher.push(item);
+        }
+        assert_eq!(batcher.take_full(), (r#"[[1,"a"]]"#.to_string(), 1, 2));
+        batcher.push("{}");
+        batcher.push("5");
+        assert_eq!(batcher.full_chunks(), 1);
+        assert_eq!(batcher.finish(), ("[[[3],{}],[5]]".to_string(), 2, 3));
+        assert_eq!(ChunkBatcher::new(3).finish(), ("[]".to_string(), 0, 0));
+    }
+}
