@@ -6,20 +6,21 @@
 //! them into one transaction (group commit) and tells the `on_commit` hook which jobs changed
 //! only after the commit: persist first, publish second.
 
+mod readers;
 mod rows;
 mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
 
 use crate::model::{Chunk, ItemResult, Job, JobId, JobStatus};
+use readers::Readers;
 pub use rows::format_time;
 use rows::{ChunkRow, JobRow, ResultRow};
 pub use writer::{DeleteOutcome, Idempotency, NewJob};
@@ -39,6 +40,9 @@ pub enum Error {
     Corrupt(String),
 }
 
+/// Read-only connections: concurrent readers (SSE streams, long-polls, chunk fetches).
+const READERS: usize = 4;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Called after each commit with the jobs whose stored state changed.
@@ -46,7 +50,7 @@ pub type CommitHook = Box<dyn Fn(&[JobId]) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Store {
-    reader: SqlitePool,
+    reader: Arc<Readers>,
     writer: Writer,
 }
 
@@ -66,10 +70,7 @@ impl Store {
             .disable_statement_logging();
         let mut conn = options.connect().await?;
         sqlx::migrate!("./migrations").run(&mut conn).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await?;
+        let reader = Arc::new(Readers::open(&options.read_only(true), READERS).await?);
         let (writer, task) = Writer::start(conn, on_commit);
         Ok((Self { reader, writer }, task))
     }
@@ -80,8 +81,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.reader.acquire().await?;
-        conn.ping().await?;
+        self.reader.acquire().await?.ping().await?;
         Ok(())
     }
 
@@ -159,7 +159,7 @@ impl Store {
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as("select * from jobs where id = ?1")
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.reader.acquire().await?)
             .await?;
         row.map(Job::try_from).transpose()
     }
@@ -169,7 +169,7 @@ impl Store {
         let id: Option<(String, String)> =
             sqlx::query_as("select id, request_hash from jobs where idempotency_key = ?1")
                 .bind(key)
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.reader.acquire().await?)
                 .await?;
         let Some((id, hash)) = id else {
             return Ok(None);
@@ -195,7 +195,7 @@ impl Store {
         .bind(status.map(JobStatus::as_str))
         .bind(before.map(|id| id.to_string()))
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Job::try_from).collect()
     }
@@ -206,7 +206,7 @@ impl Store {
         let (n,): (i64,) = sqlx::query_as(
             "select coalesce(sum(total - done), 0) from jobs where status in ('queued', 'running')",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *self.reader.acquire().await?)
         .await?;
         Ok(n.max(0) as u64)
     }
@@ -215,7 +215,7 @@ impl Store {
         let rows: Vec<JobRow> = sqlx::query_as(
             "select * from jobs where status in ('queued', 'running') order by priority desc, id",
         )
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Job::try_from).collect()
     }
@@ -235,7 +235,7 @@ impl Store {
         .bind(id.to_string())
         .bind(after.map_or(-1, |a| a as i64))
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Chunk::try_from).collect()
     }
@@ -244,7 +244,7 @@ impl Store {
         let (count,): (i64,) =
             sqlx::query_as("select count(*) from chunks where job_id = ?1 and status = 'queued'")
                 .bind(id.to_string())
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.reader.acquire().await?)
                 .await?;
         Ok(count as u64)
     }
@@ -263,7 +263,7 @@ impl Store {
         .bind(id.to_string())
         .bind(from as i64)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(ItemResult::try_from).collect()
     }
@@ -282,7 +282,7 @@ impl Store {
         .bind(id.to_string())
         .bind(skip as i64)
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(ItemResult::try_from).collect()
     }
