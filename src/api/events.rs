@@ -174,9 +174,9 @@ impl Frames {
     /// Append one event (`data` is JSON, so it has no line breaks); send the frame if it is big.
     async fn event(&mut self, name: &str, id: Option<u64>, data: &str) -> Result<(), StreamError> {
         use std::fmt::Write;
-        let _ = write!(self.buf, "event: {name}\n");
+        let _ = writeln!(self.buf, "event: {name}");
         if let Some(id) = id {
-            let _ = write!(self.buf, "id: {id}\n");
+            let _ = writeln!(self.buf, "id: {id}");
         }
         let _ = write!(self.buf, "data: {data}\n\n");
         if self.buf.len() >= FRAME_BYTES {
