@@ -2,19 +2,22 @@
 //!
 //! [`Store`] is a cheap clone handed to the API (reads, job creation, cancel, delete) and to
 //! the supervisor (chunk fetches, result recording). Reads go to a pool of read-only
-//! connections; every write goes through the single writer task in [`writer`], which batches
-//! them into one transaction (group commit) and tells the `on_commit` hook which jobs changed
-//! only after the commit: persist first, publish second.
+//! connections ([`readers`]); every write goes through the single writer task in [`writer`],
+//! which batches them into one transaction (group commit) and tells the `on_commit` hook which
+//! jobs changed only after the commit: persist first, publish second. A small job's chunks are
+//! also kept in memory from its creation until the supervisor's first fetch (`fresh`).
 
 mod readers;
 mod rows;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
@@ -48,10 +51,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Called after each commit with the jobs whose stored state changed.
 pub type CommitHook = Box<dyn Fn(&[JobId]) + Send + Sync>;
 
+/// Jobs whose chunks are this small (in JSON bytes) are kept in memory from their creation
+/// until the supervisor's first fetch.
+const FRESH_BYTES: usize = 16 * 1024;
+/// At most this many such jobs are kept.
+const FRESH_JOBS: usize = 1024;
+
 #[derive(Clone)]
 pub struct Store {
     reader: Arc<Readers>,
     writer: Writer,
+    /// The chunks of small jobs just created, for the supervisor's first fetch: a job of a
+    /// few items then runs without a read (a hand-off to a connection thread, during which
+    /// the supervisor waits). Taken once; a job cancelled before it ran is dropped here, and
+    /// the whole cache is dropped if it grows past [`FRESH_JOBS`] (the store has them all).
+    fresh: Arc<Mutex<HashMap<JobId, Vec<Chunk>>>>,
 }
 
 impl Store {
@@ -72,7 +86,15 @@ impl Store {
         sqlx::migrate!("./migrations").run(&mut conn).await?;
         let reader = Arc::new(Readers::open(&options.read_only(true), READERS).await?);
         let (writer, task) = Writer::start(conn, on_commit);
-        Ok((Self { reader, writer }, task))
+        let fresh = Arc::default();
+        Ok((
+            Self {
+                reader,
+                writer,
+                fresh,
+            },
+            task,
+        ))
     }
 
     /// Close the reader pool; the writer stops once every `Store` clone is dropped.
@@ -88,10 +110,20 @@ impl Store {
     // ---- writes (through the writer task) ----
 
     pub async fn create_job(&self, job: NewJob) -> Result<()> {
+        let id = job.job.id;
+        let fresh = fresh_chunks(&job);
         self.writer
             .call(Op::CreateJob(Box::new(job)))
             .await
-            .map(drop)
+            .map(drop)?;
+        if let Some(chunks) = fresh {
+            let mut cache = self.fresh.lock().expect("fresh chunks lock");
+            if cache.len() >= FRESH_JOBS {
+                cache.clear(); // jobs cancelled before they ran; the store still has them
+            }
+            cache.insert(id, chunks);
+        }
+        Ok(())
     }
 
     /// Move a queued job to running. Fire-and-forget: ordered before later writes.
@@ -122,6 +154,7 @@ impl Store {
         status: JobStatus,
         error: Option<String>,
     ) -> Result<bool> {
+        self.forget_fresh(id);
         match self
             .writer
             .call(Op::FinishJob {
@@ -138,6 +171,7 @@ impl Store {
     }
 
     pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
+        self.forget_fresh(id);
         match self.writer.call(Op::DeleteJob { id }).await? {
             Outcome::Deleted(outcome) => Ok(outcome),
             other => unreachable!("delete_job answered {other:?}"),
@@ -227,6 +261,14 @@ impl Store {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Chunk>> {
+        if after.is_none() {
+            let mut cache = self.fresh.lock().expect("fresh chunks lock");
+            if let Some(chunks) = cache.remove(&id)
+                && chunks.len() <= limit as usize
+            {
+                return Ok(chunks);
+            }
+        }
         let rows: Vec<ChunkRow> = sqlx::query_as(
             "select chunk_index, start_index, size, items from chunks
              where job_id = ?1 and status = 'queued' and chunk_index > ?2
@@ -305,6 +347,36 @@ impl Store {
             serde_json::from_str(&rows).map_err(|e| Error::Corrupt(e.to_string()))?;
         rows.into_iter().map(ItemResult::try_from).collect()
     }
+}
+
+impl Store {
+    fn forget_fresh(&self, id: JobId) {
+        self.fresh.lock().expect("fresh chunks lock").remove(&id);
+    }
+}
+
+/// A small job's chunks as the store will hold them (all queued), or None.
+fn fresh_chunks(new: &NewJob) -> Option<Vec<Chunk>> {
+    if new.chunks.len() > FRESH_BYTES {
+        return None;
+    }
+    let chunks: Vec<Box<RawValue>> = serde_json::from_str(&new.chunks).ok()?;
+    let chunksize = u64::from(new.job.spec.chunksize);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, items)| {
+            let size = serde_json::from_str::<Vec<&RawValue>>(items.get())
+                .ok()?
+                .len() as u64;
+            Some(Chunk {
+                chunk_index: i as u64,
+                start_index: i as u64 * chunksize,
+                size,
+                items,
+            })
+        })
+        .collect()
 }
 
 fn now() -> OffsetDateTime {
