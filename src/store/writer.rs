@@ -227,16 +227,17 @@ impl Op {
 /// is started before any of its chunks is sent to a worker. A chunk recorded twice in one run
 /// fails the batch on the results' unique index, and the one-by-one retry then skips the second.
 async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result<Vec<Outcome>> {
+    // ?1, small: {"at": recorded_at, "starts": [[job, started_at], …],
+    // "heads": [[job, chunk, size, failed], …]} for the starts, the counters and the claim.
+    // ?2: the outcomes, with each chunk's key and first item index, for the results.
     let mut at = None;
-    // [[job, started_at], …] for the starts; [[job, chunk, size, failed], …] for the counters
-    // and the claim; and the outcomes with each chunk's first item index for the results.
-    let mut starts = String::from("[");
-    let mut heads = String::from("[");
+    let mut starts = String::new();
+    let mut heads = String::new();
     let mut outcomes = String::from("[");
     for request in run {
         match &request.op {
             Op::MarkStarted { id, at } => {
-                if starts.len() > 1 {
+                if !starts.is_empty() {
                     starts.push(',');
                 }
                 let _ = write!(starts, r#"["{id}","{}"]"#, format_time(*at));
@@ -251,7 +252,7 @@ async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result
                 at: when,
             } => {
                 at = Some(*when);
-                if heads.len() > 1 {
+                if !heads.is_empty() {
                     heads.push(',');
                     outcomes.push(',');
                 }
@@ -264,19 +265,24 @@ async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result
             _ => unreachable!("only starts and chunk records are grouped"),
         }
     }
-    starts.push(']');
-    heads.push(']');
     outcomes.push(']');
+    let at = at.map_or_else(
+        || "null".to_string(),
+        |at| format!(r#""{}""#, format_time(at)),
+    );
+    let small = format!(r#"{{"at":{at},"starts":[{starts}],"heads":[{heads}]}}"#);
+    // sqlx binds a statement's parameters by their numbers, but fills a statement's *unused*
+    // lower numbers positionally (and may stop binding there), so every statement uses ?1.
     sqlx::query(
-        // `r` is materialized, so each chunk's object is parsed once, not once per item.
         "update jobs set status = 'running', started_at = s.value ->> 1
-         from json_each(?4) as s
+         from json_each(?1, '$.starts') as s
          where jobs.id = s.value ->> 0 and jobs.status = 'queued';
 
+         -- `r` is materialized, so each chunk's object is parsed once, not once per item.
          with r as materialized (
              select value ->> 'job' as job, value ->> 'chunk' as chunk, value ->> 'start' as start,
                     value -> 'outcomes' as outcomes
-             from json_each(?2))
+             from json_each(?2) where ?1 is not null)
          insert into results (job_id, item_index, value, error, log)
          select r.job, r.start + o.key,
                 case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
@@ -292,9 +298,9 @@ async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result
             status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
                           then 'completed' else jobs.status end,
             finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                               then ?3 else jobs.finished_at end
+                               then ?1 ->> '$.at' else jobs.finished_at end
          from (select h.value ->> 0 as job_id, sum(h.value ->> 2) as items, sum(h.value ->> 3) as errors
-               from json_each(?1) as h
+               from json_each(?1, '$.heads') as h
                join chunks as q on q.job_id = h.value ->> 0 and q.chunk_index = h.value ->> 1
                                 and q.status = 'queued'
                group by 1) as c
@@ -302,19 +308,17 @@ async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result
 
          update chunks set status = 'done'
          where status = 'queued'
-           and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1));",
+           and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1, '$.heads'));",
     )
-    .bind(&heads)
+    .bind(&small)
     .bind(&outcomes)
-    .bind(at.map(format_time))
-    .bind(&starts)
     .execute(&mut *conn)
     .await?;
     // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
     Ok(run.iter().map(|_| Outcome::Done).collect())
 }
 
-/// Every op but chunk records (see [`record_chunks`]).
+/// Every op but job starts and chunk records (see [`record_progress`]).
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
     match op {
         Op::CreateJob(new) => create_job(conn, new).await,
