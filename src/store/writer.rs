@@ -2,11 +2,12 @@
 //!
 //! Callers send [`Op`]s over a channel. The task takes all that are waiting (group commit) and
 //! applies them in one `BEGIN IMMEDIATE` transaction; consecutive job starts and chunk records
-//! are applied together by one query whatever their number (results go in through `json_each`, never one
-//! statement per item). Every statement is a round trip to sqlx's connection thread, so the
-//! fewer the better. Only after the commit does it answer the callers and call the
-//! commit hook with the jobs that changed. If a batch fails, its ops are retried one by one so
-//! that a bad op fails alone.
+//! are applied together by one query whatever their number (results go in through
+//! `json_each`, never one statement per item). Every query is a round trip to sqlx's
+//! connection thread, so the fewer the better: a batch of nothing but starts and records (the
+//! usual one while jobs run) is a single query that begins and commits its own transaction.
+//! Only after the commit does it answer the callers and call the commit hook with the jobs
+//! that changed. If a batch fails, its ops are retried one by one so that a bad op fails alone.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -183,13 +184,17 @@ fn reply(request: Request, outcome: Result<Outcome>) {
 
 /// Apply requests in one transaction; one outcome per request, or the first error.
 async fn apply_batch(conn: &mut SqliteConnection, requests: &[Request]) -> Result<Vec<Outcome>> {
+    if requests.iter().all(|r| r.op.is_progress()) {
+        // The common batch while jobs run: its transaction is part of the one query.
+        return record_progress(conn, requests, Wrap::Transaction).await;
+    }
     let mut tx = conn.begin_with("begin immediate").await?;
     let mut outcomes = Vec::with_capacity(requests.len());
     // Consecutive chunk records go together; other ops one at a time, in order.
     let runs = requests.chunk_by(|a, b| a.op.is_progress() && b.op.is_progress());
     for run in runs {
         if run[0].op.is_progress() {
-            outcomes.extend(record_progress(&mut tx, run).await?);
+            outcomes.extend(record_progress(&mut tx, run, Wrap::None).await?);
         } else {
             for request in run {
                 outcomes.push(apply(&mut tx, &request.op).await?);
@@ -219,6 +224,61 @@ impl Op {
     }
 }
 
+/// Whether [`record_progress`] runs inside the caller's transaction or brings its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrap {
+    None,
+    Transaction,
+}
+
+/// The progress query (see [`record_progress`]), optionally in its own transaction: a
+/// constant string either way, so both stay in sqlx's statement cache. sqlx binds a
+/// statement's parameters by their numbers, but fills a statement's *unused* lower numbers
+/// positionally (and may stop binding there), so every statement uses ?1.
+macro_rules! progress_sql {
+    ($begin:literal, $commit:literal) => {
+        concat!(
+            $begin,
+            "update jobs set status = 'running', started_at = s.value ->> 1
+             from json_each(?1, '$.starts') as s
+             where jobs.id = s.value ->> 0 and jobs.status = 'queued';
+
+             -- `r` is materialized, so each chunk's object is parsed once, not once per item.
+             with r as materialized (
+                 select value ->> 'job' as job, value ->> 'chunk' as chunk, value ->> 'start' as start,
+                        value -> 'outcomes' as outcomes
+                 from json_each(?2) where ?1 is not null)
+             insert into results (job_id, item_index, value, error, log)
+             select r.job, r.start + o.key,
+                    case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
+                    o.value -> 'error',
+                    o.value ->> 'log'
+             from r
+             join chunks as c on c.job_id = r.job and c.chunk_index = r.chunk and c.status = 'queued',
+                  json_each(r.outcomes) as o;
+
+             update jobs set
+                done = jobs.done + c.items,
+                failed = jobs.failed + c.errors,
+                status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                              then 'completed' else jobs.status end,
+                finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                                   then ?1 ->> '$.at' else jobs.finished_at end
+             from (select h.value ->> 0 as job_id, sum(h.value ->> 2) as items, sum(h.value ->> 3) as errors
+                   from json_each(?1, '$.heads') as h
+                   join chunks as q on q.job_id = h.value ->> 0 and q.chunk_index = h.value ->> 1
+                                    and q.status = 'queued'
+                   group by 1) as c
+             where jobs.id = c.job_id;
+
+             update chunks set status = 'done'
+             where status = 'queued'
+               and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1, '$.heads'));",
+            $commit
+        )
+    };
+}
+
 /// Apply a run of job starts and chunk records in one round trip to the connection's thread,
 /// whatever their number: one query of four statements that move the started jobs to running,
 /// insert the results of the chunks that are still queued (a chunk already recorded, or of a
@@ -226,7 +286,14 @@ impl Op {
 /// only then mark those chunks done. The starts go first: that keeps each job's order, as a job
 /// is started before any of its chunks is sent to a worker. A chunk recorded twice in one run
 /// fails the batch on the results' unique index, and the one-by-one retry then skips the second.
-async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result<Vec<Outcome>> {
+///
+/// With [`Wrap::Transaction`] the query also begins and commits the transaction (two round
+/// trips fewer), and rolls it back if a statement fails.
+async fn record_progress(
+    conn: &mut SqliteConnection,
+    run: &[Request],
+    wrap: Wrap,
+) -> Result<Vec<Outcome>> {
     // ?1, small: {"at": recorded_at, "starts": [[job, started_at], …],
     // "heads": [[job, chunk, size, failed], …]} for the starts, the counters and the claim.
     // ?2: the outcomes, with each chunk's key and first item index, for the results.
@@ -271,49 +338,23 @@ async fn record_progress(conn: &mut SqliteConnection, run: &[Request]) -> Result
         |at| format!(r#""{}""#, format_time(at)),
     );
     let small = format!(r#"{{"at":{at},"starts":[{starts}],"heads":[{heads}]}}"#);
-    // sqlx binds a statement's parameters by their numbers, but fills a statement's *unused*
-    // lower numbers positionally (and may stop binding there), so every statement uses ?1.
-    sqlx::query(
-        "update jobs set status = 'running', started_at = s.value ->> 1
-         from json_each(?1, '$.starts') as s
-         where jobs.id = s.value ->> 0 and jobs.status = 'queued';
-
-         -- `r` is materialized, so each chunk's object is parsed once, not once per item.
-         with r as materialized (
-             select value ->> 'job' as job, value ->> 'chunk' as chunk, value ->> 'start' as start,
-                    value -> 'outcomes' as outcomes
-             from json_each(?2) where ?1 is not null)
-         insert into results (job_id, item_index, value, error, log)
-         select r.job, r.start + o.key,
-                case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
-                o.value -> 'error',
-                o.value ->> 'log'
-         from r
-         join chunks as c on c.job_id = r.job and c.chunk_index = r.chunk and c.status = 'queued',
-              json_each(r.outcomes) as o;
-
-         update jobs set
-            done = jobs.done + c.items,
-            failed = jobs.failed + c.errors,
-            status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                          then 'completed' else jobs.status end,
-            finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                               then ?1 ->> '$.at' else jobs.finished_at end
-         from (select h.value ->> 0 as job_id, sum(h.value ->> 2) as items, sum(h.value ->> 3) as errors
-               from json_each(?1, '$.heads') as h
-               join chunks as q on q.job_id = h.value ->> 0 and q.chunk_index = h.value ->> 1
-                                and q.status = 'queued'
-               group by 1) as c
-         where jobs.id = c.job_id;
-
-         update chunks set status = 'done'
-         where status = 'queued'
-           and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1, '$.heads'));",
-    )
-    .bind(&small)
-    .bind(&outcomes)
-    .execute(&mut *conn)
-    .await?;
+    let sql = match wrap {
+        Wrap::None => progress_sql!("", ""),
+        Wrap::Transaction => progress_sql!("begin immediate;\n", "\ncommit;"),
+    };
+    let applied = sqlx::query(sql)
+        .bind(&small)
+        .bind(&outcomes)
+        .execute(&mut *conn)
+        .await;
+    if let Err(e) = applied {
+        if wrap == Wrap::Transaction {
+            // A failed statement leaves the transaction open (or none was begun: then this
+            // fails too, harmlessly).
+            let _ = sqlx::query("rollback").execute(&mut *conn).await;
+        }
+        return Err(e.into());
+    }
     // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
     Ok(run.iter().map(|_| Outcome::Done).collect())
 }
