@@ -1,20 +1,25 @@
 //! `GET /v1/jobs/{id}/events`: progress and results as server-sent events, like
 //! `for r in tqdm(pool.imap(f, xs))`.
 //!
-//! A spawned task per stream subscribes to the job's notifications first, then reads the store
-//! from where the client is (the store is the truth; notifications only say "look again"), so
-//! no result is missed or sent twice, and a slow client never makes the server buffer. The
-//! stream ends after `end`, when the client leaves, or at shutdown.
+//! The handler subscribes to the job's notifications, then reads the job (404 if absent); a
+//! spawned task per stream then reads the store from where the client is (the store is the
+//! truth; notifications only say "look again"), so no result is missed or sent twice, and a slow
+//! client never makes the server buffer more than a page. Each page of results goes out as one
+//! body frame (the SSE text is written here, not event by event through axum's `Sse`), so a
+//! replay costs a few hand-offs per thousand results, not several per result. The stream ends
+//! after `end`, when the client leaves, or at shutdown; comments keep idle connections alive.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +36,12 @@ use crate::model::{Job, JobId};
 /// At most this often a progress event, plus one when the job ends.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const PAGE: u32 = 1000;
+/// A comment this long after the last write keeps proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Frames queued between the stream's task and the connection.
+const FRAMES_QUEUED: usize = 4;
+/// A frame is sent once it holds this much (a page of results with long logs).
+const FRAME_BYTES: usize = 256 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream_job_events))
@@ -92,7 +103,7 @@ async fn stream_job_events(
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let last_event_id = match headers
         .get("last-event-id")
@@ -110,20 +121,35 @@ async fn stream_job_events(
             ));
         }
     };
-    load_job(&state, id).await?;
+    // Subscribe before the first read so that no change is missed; that read is the stream's
+    // first look at the job too.
+    let changes = state.events.subscribe(id);
+    let job = load_job(&state, id).await?;
     let options = StreamOptions {
         order: query.order.unwrap_or_default(),
         results: query.results.unwrap_or(true),
         next: last_event_id.or(query.after).map_or(0, |k| k + 1),
     };
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(FRAMES_QUEUED);
     tokio::spawn(async move {
         let _counted = crate::metrics::SseSubscriber::open();
-        if let Err(e) = pump(&state, id, options, &tx).await {
+        let mut out = Frames {
+            tx,
+            buf: String::new(),
+        };
+        if let Err(e) = pump(&state, id, job, changes, options, &mut out).await {
             tracing::warn!(job.id = %id, error = %e, "event stream ended early");
         }
     });
-    Ok(Sse::new(ReceiverStream::new(rx).map(Ok)).keep_alive(KeepAlive::default()))
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 struct StreamOptions {
@@ -141,59 +167,95 @@ enum StreamError {
     Closed,
 }
 
-async fn send(tx: &mpsc::Sender<Event>, event: Event) -> Result<(), StreamError> {
-    tx.send(event).await.map_err(|_| StreamError::Closed)
+/// The SSE text being written, sent to the connection a frame at a time.
+struct Frames {
+    tx: mpsc::Sender<Bytes>,
+    buf: String,
 }
 
+impl Frames {
+    /// Append one event (`data` is JSON, so it has no line breaks); send the frame if it is big.
+    async fn event(&mut self, name: &str, id: Option<u64>, data: &str) -> Result<(), StreamError> {
+        use std::fmt::Write;
+        let _ = writeln!(self.buf, "event: {name}");
+        if let Some(id) = id {
+            let _ = writeln!(self.buf, "id: {id}");
+        }
+        let _ = write!(self.buf, "data: {data}\n\n");
+        if self.buf.len() >= FRAME_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Send what was written as one frame.
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let frame = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.send(frame).await.map_err(|_| StreamError::Closed)
+    }
+}
+
+/// Write the stream: `job` is the job as read after subscribing to `changes`.
 async fn pump(
     state: &AppState,
     id: JobId,
+    mut job: Job,
+    mut changes: watch::Receiver<u64>,
     mut options: StreamOptions,
-    tx: &mpsc::Sender<Event>,
+    out: &mut Frames,
 ) -> Result<(), StreamError> {
-    let mut changes = state.events.subscribe(id);
     let mut sent_progress: Option<(u64, u64)> = None;
     let mut last_progress_at: Option<Instant> = None;
     loop {
-        changes.borrow_and_update();
-        let Some(job) = state.store.get_job(id).await? else {
-            return Ok(()); // deleted meanwhile
-        };
         let finished = job.status.is_finished();
         if options.results {
-            send_results(state, id, finished, &mut options, tx).await?;
+            send_results(state, id, finished, &mut options, out).await?;
         }
         let counts = (job.done, job.failed);
         let progress_due = last_progress_at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
         if sent_progress != Some(counts) && (progress_due || finished) {
-            send(tx, progress_event(&job)).await?;
+            out.event("progress", None, &progress_data(&job)).await?;
             sent_progress = Some(counts);
             last_progress_at = Some(Instant::now());
         }
         if finished {
             let data = serde_json::to_string(&JobDto::from(job)).expect("job serializes");
-            send(tx, Event::default().event("end").data(data)).await?;
-            return Ok(());
+            out.event("end", None, &data).await?;
+            return out.flush().await;
         }
+        out.flush().await?;
         let progress_pending = sent_progress != Some(counts);
         let wake = last_progress_at.map_or_else(Instant::now, |at| at + PROGRESS_EVERY);
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return Ok(()) },
             _ = tokio::time::sleep_until(wake), if progress_pending => {}
+            _ = tokio::time::sleep(KEEP_ALIVE) => {
+                out.buf.push_str(":\n\n");
+                out.flush().await?;
+                continue; // nothing changed
+            }
             _ = state.shutdown.cancelled() => return Ok(()),
-            _ = tx.closed() => return Err(StreamError::Closed),
+            _ = out.tx.closed() => return Err(StreamError::Closed),
         }
+        changes.borrow_and_update();
+        let Some(next) = state.store.get_job(id).await? else {
+            return Ok(()); // deleted meanwhile
+        };
+        job = next;
     }
 }
 
-/// Send every result the client may have now. In index order, stop at the first missing
+/// Write every result the client may have now. In index order, stop at the first missing
 /// index unless the job is finished (then the gaps are permanent).
 async fn send_results(
     state: &AppState,
     id: JobId,
     finished: bool,
     options: &mut StreamOptions,
-    tx: &mpsc::Sender<Event>,
+    out: &mut Frames,
 ) -> Result<(), StreamError> {
     loop {
         let page = match options.order {
@@ -221,17 +283,10 @@ async fn send_results(
                     log: log.clone(),
                 };
                 let data = serde_json::to_string(&data).expect("log serializes");
-                send(tx, Event::default().event("log").data(data)).await?;
+                out.event("log", None, &data).await?;
             }
             let data = serde_json::to_string(&ResultDto::from(result)).expect("result serializes");
-            send(
-                tx,
-                Event::default()
-                    .event("result")
-                    .id(event_id.to_string())
-                    .data(data),
-            )
-            .await?;
+            out.event("result", Some(event_id), &data).await?;
         }
         if !full {
             return Ok(());
@@ -239,7 +294,7 @@ async fn send_results(
     }
 }
 
-fn progress_event(job: &Job) -> Event {
+fn progress_data(job: &Job) -> String {
     let elapsed = job.started_at.map(|start| {
         (job.finished_at.unwrap_or_else(OffsetDateTime::now_utc) - start).as_seconds_f64()
     });
@@ -256,7 +311,5 @@ fn progress_event(job: &Job) -> Event {
         rate,
         eta_s,
     };
-    Event::default()
-        .event("progress")
-        .data(serde_json::to_string(&progress).expect("progress serializes"))
+    serde_json::to_string(&progress).expect("progress serializes")
 }

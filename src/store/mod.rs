@@ -2,24 +2,28 @@
 //!
 //! [`Store`] is a cheap clone handed to the API (reads, job creation, cancel, delete) and to
 //! the supervisor (chunk fetches, result recording). Reads go to a pool of read-only
-//! connections; every write goes through the single writer task in [`writer`], which batches
-//! them into one transaction (group commit) and tells the `on_commit` hook which jobs changed
-//! only after the commit: persist first, publish second.
+//! connections ([`readers`]); every write goes through the single writer task in [`writer`],
+//! which batches them into one transaction (group commit) and tells the `on_commit` hook which
+//! jobs changed only after the commit: persist first, publish second. A small job's chunks are
+//! also kept in memory from its creation until the supervisor's first fetch (`fresh`).
 
+mod readers;
 mod rows;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use serde_json::value::RawValue;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
 
 use crate::model::{Chunk, ItemResult, Job, JobId, JobStatus};
+use readers::Readers;
 pub use rows::format_time;
 use rows::{ChunkRow, JobRow, ResultRow};
 pub use writer::{DeleteOutcome, Idempotency, NewJob};
@@ -39,15 +43,29 @@ pub enum Error {
     Corrupt(String),
 }
 
+/// Read-only connections: concurrent readers (SSE streams, long-polls, chunk fetches).
+const READERS: usize = 4;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Called after each commit with the jobs whose stored state changed.
 pub type CommitHook = Box<dyn Fn(&[JobId]) + Send + Sync>;
 
+/// Jobs whose chunks are this small (in JSON bytes) are kept in memory from their creation
+/// until the supervisor's first fetch.
+const FRESH_BYTES: usize = 16 * 1024;
+/// At most this many such jobs are kept.
+const FRESH_JOBS: usize = 1024;
+
 #[derive(Clone)]
 pub struct Store {
-    reader: SqlitePool,
+    reader: Arc<Readers>,
     writer: Writer,
+    /// The chunks of small jobs just created, for the supervisor's first fetch: a job of a
+    /// few items then runs without a read (a hand-off to a connection thread, during which
+    /// the supervisor waits). Taken once; a job cancelled before it ran is dropped here, and
+    /// the whole cache is dropped if it grows past [`FRESH_JOBS`] (the store has them all).
+    fresh: Arc<Mutex<HashMap<JobId, Vec<Chunk>>>>,
 }
 
 impl Store {
@@ -67,12 +85,17 @@ impl Store {
         let mut conn = options.connect().await?;
         sqlx::migrate!("./migrations").run(&mut conn).await?;
         fail_interrupted_uploads(&mut conn).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await?;
+        let reader = Arc::new(Readers::open(&options.read_only(true), READERS).await?);
         let (writer, task) = Writer::start(conn, on_commit);
-        Ok((Self { reader, writer }, task))
+        let fresh = Arc::default();
+        Ok((
+            Self {
+                reader,
+                writer,
+                fresh,
+            },
+            task,
+        ))
     }
 
     /// Close the reader pool; the writer stops once every `Store` clone is dropped.
@@ -81,18 +104,27 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.reader.acquire().await?;
-        conn.ping().await?;
+        self.reader.acquire().await?.ping().await?;
         Ok(())
     }
 
     // ---- writes (through the writer task) ----
 
     pub async fn create_job(&self, job: NewJob) -> Result<()> {
+        let id = job.job.id;
+        let fresh = fresh_chunks(&job);
         self.writer
             .call(Op::CreateJob(Box::new(job)))
             .await
-            .map(drop)
+            .map(drop)?;
+        if let Some(chunks) = fresh {
+            let mut cache = self.fresh.lock().expect("fresh chunks lock");
+            if cache.len() >= FRESH_JOBS {
+                cache.clear(); // jobs cancelled before they ran; the store still has them
+            }
+            cache.insert(id, chunks);
+        }
+        Ok(())
     }
 
     /// Store more chunks of a job whose upload is open (`chunks`: a JSON array of arrays of
@@ -155,6 +187,7 @@ impl Store {
         status: JobStatus,
         error: Option<String>,
     ) -> Result<bool> {
+        self.forget_fresh(id);
         match self
             .writer
             .call(Op::FinishJob {
@@ -171,6 +204,7 @@ impl Store {
     }
 
     pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
+        self.forget_fresh(id);
         match self.writer.call(Op::DeleteJob { id }).await? {
             Outcome::Deleted(outcome) => Ok(outcome),
             other => unreachable!("delete_job answered {other:?}"),
@@ -192,7 +226,7 @@ impl Store {
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as("select * from jobs where id = ?1")
             .bind(id.to_string())
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.reader.acquire().await?)
             .await?;
         row.map(Job::try_from).transpose()
     }
@@ -202,7 +236,7 @@ impl Store {
         let id: Option<(String, String)> =
             sqlx::query_as("select id, request_hash from jobs where idempotency_key = ?1")
                 .bind(key)
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.reader.acquire().await?)
                 .await?;
         let Some((id, hash)) = id else {
             return Ok(None);
@@ -228,7 +262,7 @@ impl Store {
         .bind(status.map(JobStatus::as_str))
         .bind(before.map(|id| id.to_string()))
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Job::try_from).collect()
     }
@@ -238,22 +272,23 @@ impl Store {
         let (n,): (i64,) = sqlx::query_as(
             "select coalesce(sum(total - done), 0) from jobs where status in ('queued', 'running')",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *self.reader.acquire().await?)
         .await?;
         Ok(n.max(0) as u64)
     }
 
     /// For `/metrics`: jobs by status, and the age in seconds of the oldest unfinished job.
     pub async fn metrics_snapshot(&self) -> Result<(Vec<(String, u64)>, f64)> {
+        let mut conn = self.reader.acquire().await?;
         let by_status: Vec<(String, i64)> =
             sqlx::query_as("select status, count(*) from jobs group by status")
-                .fetch_all(&self.reader)
+                .fetch_all(&mut *conn)
                 .await?;
         let (age,): (Option<f64>,) = sqlx::query_as(
             "select (julianday('now') - julianday(min(created_at))) * 86400.0
              from jobs where status in ('queued', 'running')",
         )
-        .fetch_one(&self.reader)
+        .fetch_one(&mut *conn)
         .await?;
         Ok((
             by_status
@@ -269,7 +304,7 @@ impl Store {
         let rows: Vec<JobRow> = sqlx::query_as(
             "select * from jobs where status in ('queued', 'running') order by priority desc, id",
         )
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Job::try_from).collect()
     }
@@ -281,6 +316,14 @@ impl Store {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Chunk>> {
+        if after.is_none() {
+            let mut cache = self.fresh.lock().expect("fresh chunks lock");
+            if let Some(chunks) = cache.remove(&id)
+                && chunks.len() <= limit as usize
+            {
+                return Ok(chunks);
+            }
+        }
         let rows: Vec<ChunkRow> = sqlx::query_as(
             "select chunk_index, start_index, size, items from chunks
              where job_id = ?1 and status = 'queued' and chunk_index > ?2
@@ -289,7 +332,7 @@ impl Store {
         .bind(id.to_string())
         .bind(after.map_or(-1, |a| a as i64))
         .bind(limit)
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
         rows.into_iter().map(Chunk::try_from).collect()
     }
@@ -298,7 +341,7 @@ impl Store {
         let (count,): (i64,) =
             sqlx::query_as("select count(*) from chunks where job_id = ?1 and status = 'queued'")
                 .bind(id.to_string())
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.reader.acquire().await?)
                 .await?;
         Ok(count as u64)
     }
@@ -310,16 +353,15 @@ impl Store {
         from: u64,
         limit: u32,
     ) -> Result<Vec<ItemResult>> {
-        let rows: Vec<ResultRow> = sqlx::query_as(
-            "select item_index, value, error, log from results
-             where job_id = ?1 and item_index >= ?2 order by item_index limit ?3",
+        self.results_page(
+            "select json_group_array(json_array(item_index, value, error, log) order by item_index)
+             from (select item_index, value, error, log from results
+                   where job_id = ?1 and item_index >= ?2 order by item_index limit ?3)",
+            id,
+            from,
+            limit,
         )
-        .bind(id.to_string())
-        .bind(from as i64)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter().map(ItemResult::try_from).collect()
+        .await
     }
 
     /// Results in the order they were recorded, skipping the first `skip`.
@@ -329,17 +371,70 @@ impl Store {
         skip: u64,
         limit: u32,
     ) -> Result<Vec<ItemResult>> {
-        let rows: Vec<ResultRow> = sqlx::query_as(
-            "select item_index, value, error, log from results
-             where job_id = ?1 order by rowid limit ?3 offset ?2",
+        self.results_page(
+            "select json_group_array(json_array(item_index, value, error, log) order by position)
+             from (select item_index, value, error, log, rowid as position from results
+                   where job_id = ?1 order by rowid limit ?3 offset ?2)",
+            id,
+            skip,
+            limit,
         )
-        .bind(id.to_string())
-        .bind(skip as i64)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
+        .await
+    }
+
+    /// A page of results read as one row: `sql` folds the page into a JSON array of
+    /// `[index, value, error, log]` (value and error are JSON text inside strings), so a page
+    /// costs one hand-off from the connection's thread instead of one per result.
+    async fn results_page(
+        &self,
+        sql: &'static str,
+        id: JobId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>> {
+        let (rows,): (String,) = sqlx::query_as(sql)
+            .bind(id.to_string())
+            .bind(from as i64)
+            .bind(limit)
+            .fetch_one(&mut *self.reader.acquire().await?)
+            .await?;
+        let rows: Vec<ResultRow> =
+            serde_json::from_str(&rows).map_err(|e| Error::Corrupt(e.to_string()))?;
         rows.into_iter().map(ItemResult::try_from).collect()
     }
+}
+
+impl Store {
+    fn forget_fresh(&self, id: JobId) {
+        self.fresh.lock().expect("fresh chunks lock").remove(&id);
+    }
+}
+
+/// A small job's chunks as the store will hold them (all queued), or None.
+fn fresh_chunks(new: &NewJob) -> Option<Vec<Chunk>> {
+    if new.chunks.len() > FRESH_BYTES {
+        return None;
+    }
+    let chunks: Vec<Box<RawValue>> = serde_json::from_str(&new.chunks).ok()?;
+    if chunks.is_empty() {
+        return None; // a streamed job: its chunks come later, through `append_chunks`
+    }
+    let chunksize = u64::from(new.job.spec.chunksize);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, items)| {
+            let size = serde_json::from_str::<Vec<&RawValue>>(items.get())
+                .ok()?
+                .len() as u64;
+            Some(Chunk {
+                chunk_index: i as u64,
+                start_index: i as u64 * chunksize,
+                size,
+                items,
+            })
+        })
+        .collect()
 }
 
 fn now() -> OffsetDateTime {

@@ -38,13 +38,9 @@ pub struct ChunkRow {
     items: String,
 }
 
-#[derive(sqlx::FromRow)]
-pub struct ResultRow {
-    item_index: i64,
-    value: Option<String>,
-    error: Option<String>,
-    log: Option<String>,
-}
+/// One element of a results page: `[index, value, error, log]` (see `Store::results_page`).
+#[derive(serde::Deserialize)]
+pub struct ResultRow(i64, Option<String>, Option<String>, Option<String>);
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Corrupt(what.to_string())
@@ -106,11 +102,12 @@ impl TryFrom<ChunkRow> for Chunk {
 impl TryFrom<ResultRow> for ItemResult {
     type Error = Error;
     fn try_from(row: ResultRow) -> Result<Self, Error> {
+        let ResultRow(index, value, error, log) = row;
         Ok(ItemResult {
-            index: row.item_index as u64,
-            value: row.value.map(json).transpose()?,
-            error: row.error.map(json).transpose()?,
-            log: row.log,
+            index: index as u64,
+            value: value.map(json).transpose()?,
+            error: error.map(json).transpose()?,
+            log,
         })
     }
 }

@@ -1,13 +1,16 @@
 //! The single writer: one task owns the one read-write connection and applies every write.
 //!
 //! Callers send [`Op`]s over a channel. The task takes all that are waiting (group commit) and
-//! applies them in one `BEGIN IMMEDIATE` transaction; consecutive chunk records are applied
-//! together with three statements whatever their number (results go in through `json_each`,
-//! never one statement per item). Only after the commit does it answer the callers and call the
-//! commit hook with the jobs that changed. If a batch fails, its ops are retried one by one so
-//! that a bad op fails alone.
+//! applies them in one `BEGIN IMMEDIATE` transaction; consecutive job starts and chunk records
+//! are applied together by one query whatever their number (results go in through
+//! `json_each`, never one statement per item). Every query is a round trip to sqlx's
+//! connection thread, so the fewer the better: a batch of nothing but starts and records (the
+//! usual one while jobs run) is a single query that begins and commits its own transaction.
+//! Only after the commit does it answer the callers and call the commit hook with the jobs
+//! that changed. If a batch fails, its ops are retried one by one so that a bad op fails alone.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -223,13 +226,17 @@ fn reply(request: Request, outcome: Result<Outcome>) {
 
 /// Apply requests in one transaction; one outcome per request, or the first error.
 async fn apply_batch(conn: &mut SqliteConnection, requests: &[Request]) -> Result<Vec<Outcome>> {
+    if requests.iter().all(|r| r.op.is_progress()) {
+        // The common batch while jobs run: its transaction is part of the one query.
+        return record_progress(conn, requests, Wrap::Transaction).await;
+    }
     let mut tx = conn.begin_with("begin immediate").await?;
     let mut outcomes = Vec::with_capacity(requests.len());
     // Consecutive chunk records go together; other ops one at a time, in order.
-    let runs = requests.chunk_by(|a, b| a.op.is_record() && b.op.is_record());
+    let runs = requests.chunk_by(|a, b| a.op.is_progress() && b.op.is_progress());
     for run in runs {
-        if run[0].op.is_record() {
-            outcomes.extend(record_chunks(&mut tx, run).await?);
+        if run[0].op.is_progress() {
+            outcomes.extend(record_progress(&mut tx, run, Wrap::None).await?);
         } else {
             for request in run {
                 outcomes.push(apply(&mut tx, &request.op).await?);
@@ -267,135 +274,150 @@ impl Op {
         }
     }
 
-    fn is_record(&self) -> bool {
-        matches!(self, Op::RecordChunk { .. })
+    /// Job starts and chunk records: applied together by [`record_progress`].
+    fn is_progress(&self) -> bool {
+        matches!(self, Op::MarkStarted { .. } | Op::RecordChunk { .. })
     }
 }
 
-/// Record chunks' outcomes with three statements whatever their number: claim the chunks that
-/// are still queued (a chunk already recorded, or of a job that ended, is skipped), insert the
-/// claimed chunks' results, and move their jobs' counters (completing a job at its total).
-async fn record_chunks(conn: &mut SqliteConnection, run: &[Request]) -> Result<Vec<Outcome>> {
-    struct Record<'a> {
-        id: String,
-        chunk_index: u64,
-        start_index: u64,
-        size: u64,
-        outcomes: &'a str,
-        failed: u64,
-    }
+/// Whether [`record_progress`] runs inside the caller's transaction or brings its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrap {
+    None,
+    Transaction,
+}
+
+/// The progress query (see [`record_progress`]), optionally in its own transaction: a
+/// constant string either way, so both stay in sqlx's statement cache. sqlx binds a
+/// statement's parameters by their numbers, but fills a statement's *unused* lower numbers
+/// positionally (and may stop binding there), so every statement uses ?1.
+macro_rules! progress_sql {
+    ($begin:literal, $commit:literal) => {
+        concat!(
+            $begin,
+            "update jobs set status = 'running', started_at = s.value ->> 1
+             from json_each(?1, '$.starts') as s
+             where jobs.id = s.value ->> 0 and jobs.status = 'queued';
+
+             -- `r` is materialized, so each chunk's object is parsed once, not once per item.
+             with r as materialized (
+                 select value ->> 'job' as job, value ->> 'chunk' as chunk, value ->> 'start' as start,
+                        value -> 'outcomes' as outcomes
+                 from json_each(?2) where ?1 is not null)
+             insert into results (job_id, item_index, value, error, log)
+             select r.job, r.start + o.key,
+                    case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
+                    o.value -> 'error',
+                    o.value ->> 'log'
+             from r
+             join chunks as c on c.job_id = r.job and c.chunk_index = r.chunk and c.status = 'queued',
+                  json_each(r.outcomes) as o;
+
+             update jobs set
+                done = jobs.done + c.items,
+                failed = jobs.failed + c.errors,
+                status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                                   and jobs.ingesting = 0
+                              then 'completed' else jobs.status end,
+                finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
+                                   and jobs.ingesting = 0
+                                   then ?1 ->> '$.at' else jobs.finished_at end
+             from (select h.value ->> 0 as job_id, sum(h.value ->> 2) as items, sum(h.value ->> 3) as errors
+                   from json_each(?1, '$.heads') as h
+                   join chunks as q on q.job_id = h.value ->> 0 and q.chunk_index = h.value ->> 1
+                                    and q.status = 'queued'
+                   group by 1) as c
+             where jobs.id = c.job_id;
+
+             update chunks set status = 'done'
+             where status = 'queued'
+               and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1, '$.heads'));",
+            $commit
+        )
+    };
+}
+
+/// Apply a run of job starts and chunk records in one round trip to the connection's thread,
+/// whatever their number: one query of four statements that move the started jobs to running,
+/// insert the results of the chunks that are still queued (a chunk already recorded, or of a
+/// job that ended, is skipped), move their jobs' counters (completing a job at its total), and
+/// only then mark those chunks done. The starts go first: that keeps each job's order, as a job
+/// is started before any of its chunks is sent to a worker. A chunk recorded twice in one run
+/// fails the batch on the results' unique index, and the one-by-one retry then skips the second.
+///
+/// With [`Wrap::Transaction`] the query also begins and commits the transaction (two round
+/// trips fewer), and rolls it back if a statement fails.
+async fn record_progress(
+    conn: &mut SqliteConnection,
+    run: &[Request],
+    wrap: Wrap,
+) -> Result<Vec<Outcome>> {
+    // ?1, small: {"at": recorded_at, "starts": [[job, started_at], …],
+    // "heads": [[job, chunk, size, failed], …]} for the starts, the counters and the claim.
+    // ?2: the outcomes, with each chunk's key and first item index, for the results.
     let mut at = None;
-    let records: Vec<Record> = run
-        .iter()
-        .map(|request| match &request.op {
+    let mut starts = String::new();
+    let mut heads = String::new();
+    let mut outcomes = String::from("[");
+    for request in run {
+        match &request.op {
+            Op::MarkStarted { id, at } => {
+                if !starts.is_empty() {
+                    starts.push(',');
+                }
+                let _ = write!(starts, r#"["{id}","{}"]"#, format_time(*at));
+            }
             Op::RecordChunk {
                 id,
                 chunk_index,
                 start_index,
                 size,
-                outcomes,
+                outcomes: chunk_outcomes,
                 failed,
                 at: when,
             } => {
                 at = Some(*when);
-                Record {
-                    id: id.to_string(),
-                    chunk_index: *chunk_index,
-                    start_index: *start_index,
-                    size: *size,
-                    outcomes,
-                    failed: *failed,
+                if !heads.is_empty() {
+                    heads.push(',');
+                    outcomes.push(',');
                 }
+                let _ = write!(heads, r#"["{id}",{chunk_index},{size},{failed}]"#);
+                let _ = write!(
+                    outcomes,
+                    r#"{{"job":"{id}","chunk":{chunk_index},"start":{start_index},"outcomes":{chunk_outcomes}}}"#
+                );
             }
-            _ => unreachable!("only chunk records are grouped"),
-        })
-        .collect();
-    let keys = json_array(
-        records
-            .iter()
-            .map(|r| format!(r#"["{}",{}]"#, r.id, r.chunk_index)),
-    );
-    let claimed: Vec<(String, i64)> = sqlx::query_as(
-        "update chunks set status = 'done'
-         where status = 'queued'
-           and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1))
-         returning job_id, chunk_index",
-    )
-    .bind(keys)
-    .fetch_all(&mut *conn)
-    .await?;
-    let claimed: HashSet<(String, u64)> = claimed
-        .into_iter()
-        .map(|(id, chunk)| (id, chunk as u64))
-        .collect();
-    let is_claimed: Vec<bool> = records
-        .iter()
-        .map(|r| claimed.contains(&(r.id.clone(), r.chunk_index)))
-        .collect();
-    let recorded = json_array(
-        records
-            .iter()
-            .zip(&is_claimed)
-            .filter(|(_, claimed)| **claimed)
-            .map(|(r, _)| {
-                format!(
-                    r#"{{"job":"{}","start":{},"size":{},"failed":{},"outcomes":{}}}"#,
-                    r.id, r.start_index, r.size, r.failed, r.outcomes
-                )
-            }),
-    );
-    if claimed.is_empty() {
-        return Ok(is_claimed.into_iter().map(Outcome::Changed).collect());
-    }
-    sqlx::query(
-        // Materialized, so each chunk's object is parsed once, not once per item.
-        "with r as materialized (
-             select value ->> 'job' as job, value ->> 'start' as start, value -> 'outcomes' as outcomes
-             from json_each(?1))
-         insert into results (job_id, item_index, value, error, log)
-         select r.job, r.start + o.key,
-                case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
-                o.value -> 'error',
-                o.value ->> 'log'
-         from r, json_each(r.outcomes) as o",
-    )
-    .bind(&recorded)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "update jobs set
-            done = jobs.done + c.items,
-            failed = jobs.failed + c.errors,
-            status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                               and jobs.ingesting = 0
-                          then 'completed' else jobs.status end,
-            finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                               and jobs.ingesting = 0
-                               then ?2 else jobs.finished_at end
-         from (select value ->> 'job' as job_id, sum(value ->> 'size') as items, sum(value ->> 'failed') as errors
-               from json_each(?1) group by 1) as c
-         where jobs.id = c.job_id",
-    )
-    .bind(&recorded)
-    .bind(at.map(format_time))
-    .execute(&mut *conn)
-    .await?;
-    Ok(is_claimed.into_iter().map(Outcome::Changed).collect())
-}
-
-fn json_array(items: impl Iterator<Item = String>) -> String {
-    let mut out = String::from("[");
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push(',');
+            _ => unreachable!("only starts and chunk records are grouped"),
         }
-        out.push_str(&item);
     }
-    out.push(']');
-    out
+    outcomes.push(']');
+    let at = at.map_or_else(
+        || "null".to_string(),
+        |at| format!(r#""{}""#, format_time(at)),
+    );
+    let small = format!(r#"{{"at":{at},"starts":[{starts}],"heads":[{heads}]}}"#);
+    let sql = match wrap {
+        Wrap::None => progress_sql!("", ""),
+        Wrap::Transaction => progress_sql!("begin immediate;\n", "\ncommit;"),
+    };
+    let applied = sqlx::query(sql)
+        .bind(&small)
+        .bind(&outcomes)
+        .execute(&mut *conn)
+        .await;
+    if let Err(e) = applied {
+        if wrap == Wrap::Transaction {
+            // A failed statement leaves the transaction open (or none was begun: then this
+            // fails too, harmlessly).
+            let _ = sqlx::query("rollback").execute(&mut *conn).await;
+        }
+        return Err(e.into());
+    }
+    // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
+    Ok(run.iter().map(|_| Outcome::Done).collect())
 }
 
-/// Every op but chunk records (see [`record_chunks`]).
+/// Every op but job starts and chunk records (see [`record_progress`]).
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
     match op {
         Op::CreateJob(new) => create_job(conn, new).await,
@@ -436,15 +458,9 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
             }
             Ok(Outcome::Changed(true))
         }
-        Op::MarkStarted { id, at } => {
-            sqlx::query("update jobs set status = 'running', started_at = ?2 where id = ?1 and status = 'queued'")
-                .bind(id.to_string())
-                .bind(format_time(*at))
-                .execute(&mut *conn)
-                .await?;
-            Ok(Outcome::Done)
+        Op::MarkStarted { .. } | Op::RecordChunk { .. } => {
+            unreachable!("job starts and chunk records go through record_progress")
         }
-        Op::RecordChunk { .. } => unreachable!("chunk records go through record_chunks"),
         Op::FinishJob {
             id,
             status,
