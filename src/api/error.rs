@@ -1,10 +1,9 @@
-//! The one HTTP error type. Every failure, including axum's own JSON/query rejections and
+//! The one HTTP error type. Every failure, including axum's own body/query rejections and
 //! unknown routes, leaves as RFC 9457 `application/problem+json` with a stable snake_case
 //! `code`. 5xx errors are logged with their cause and answered with a generic detail.
 
-use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -125,15 +124,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
                 "the request body is larger than the server's limit".into(),
-            ),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
-                "send the body as Content-Type: application/json (or application/x-ndjson to stream items)"
-                    .into(),
             ),
             _ => ApiError::InvalidRequest(rejection.body_text()),
         }
@@ -145,11 +140,6 @@ impl From<QueryRejection> for ApiError {
         ApiError::InvalidRequest(rejection.body_text())
     }
 }
-
-/// `axum::Json` whose rejections are problem documents.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
 
 /// `axum::extract::Query` whose rejections are problem documents.
 #[derive(FromRequestParts)]

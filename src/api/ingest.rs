@@ -249,7 +249,7 @@ async fn create_from_first_line(state: &AppState, lines: &mut Lines) -> Result<J
         .store
         .create_job(NewJob {
             job: job.clone(),
-            chunks: "[]".into(),
+            chunks: Vec::new(),
             idempotency: None,
         })
         .await?;

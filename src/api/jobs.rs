@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::dto::{JobDto, JobStatusDto, OnErrorDto};
-use super::error::{Json, Query};
+use super::error::Query;
 use super::{ApiError, AppState, Problem};
 use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
 use crate::store::{DeleteOutcome, Idempotency, NewJob};
@@ -41,14 +42,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A map job: `pool.map(function, items, chunksize)` with `functools.partial`-style kwargs.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateJob {
+pub struct CreateJob<'a> {
     /// A function the workers advertise (GET /v1/functions).
     function: String,
     /// The iterable: any JSON values. With `star`, each item is an array of positional arguments.
     /// Required in a JSON body; absent from line 1 of an NDJSON body (the items follow it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<Object>, required = true)]
-    pub(super) items: Option<Vec<Box<RawValue>>>,
+    // Borrowed from the request body: no allocation per item.
+    #[serde(borrow)]
+    pub(super) items: Option<Vec<&'a RawValue>>,
     /// Fixed keyword arguments, like `functools.partial`. Default `{}`.
     #[schema(value_type = Option<Object>)]
     kwargs: Option<Box<RawValue>>,
@@ -126,7 +129,18 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
         return super::ingest::create_streamed_job(state, request.into_body()).await;
     }
     let headers = request.headers().clone();
-    let Json(mut request) = Json::<CreateJob>::from_request(request, &state).await?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as Content-Type: application/json (or application/x-ndjson to stream items)"
+                .into(),
+        ));
+    }
+    let body = Bytes::from_request(request, &state).await?;
+    let mut request: CreateJob = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        ))
+    })?;
     let idempotency = idempotency(&headers, &request)?;
     if let Some(earlier) = earlier_job(&state, idempotency.as_ref()).await? {
         return Ok(earlier);
@@ -141,12 +155,25 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
     admit(&state, items.len() as u64).await?;
     check_function(&state, &spec).await?;
     let mut batcher = super::ingest::ChunkBatcher::new(spec.chunksize);
+    let mut chunks = Vec::new();
+    let mut chunk_count = 0;
     for (index, item) in items.iter().enumerate() {
         check_item(&spec, index as u64, item).map_err(ApiError::InvalidRequest)?;
         batcher.push(item.get());
+        if batcher.full_bytes() >= CHUNK_PIECE_BYTES {
+            let (piece, n, _) = batcher.take_full();
+            chunks.push((chunk_count, piece));
+            chunk_count += n;
+        }
     }
+    let total = items.len() as u64;
     drop(items);
-    let (chunks, chunk_count, total) = batcher.finish();
+    drop(body); // the items are copied into `chunks`: free the body before the insert
+    let (piece, n, _) = batcher.finish();
+    if n > 0 {
+        chunks.push((chunk_count, piece));
+        chunk_count += n;
+    }
     let job = new_job(spec, total, false);
     let new = NewJob {
         job: job.clone(),
@@ -258,6 +285,22 @@ pub(super) async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> 
         )));
     }
     Ok(())
+}
+
+/// A JSON body's chunks go to the store in pieces of about this many bytes.
+const CHUNK_PIECE_BYTES: usize = 1 << 20;
+
+/// `application/json` or any `application/*+json`, like axum's `Json` extractor accepts.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(mime) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let mime = mime.trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 /// Chunk size of a streamed job that names none (its length is unknown).

@@ -412,10 +412,13 @@ impl Store {
 
 /// A small job's chunks as the store will hold them (all queued), or None.
 fn fresh_chunks(new: &NewJob) -> Option<Vec<Chunk>> {
-    if new.chunks.len() > FRESH_BYTES {
+    let [(0, json)] = new.chunks.as_slice() else {
+        return None; // big (several pieces) or streamed (none yet)
+    };
+    if json.len() > FRESH_BYTES {
         return None;
     }
-    let chunks: Vec<Box<RawValue>> = serde_json::from_str(&new.chunks).ok()?;
+    let chunks: Vec<Box<RawValue>> = serde_json::from_str(json).ok()?;
     if chunks.is_empty() {
         return None; // a streamed job: its chunks come later, through `append_chunks`
     }

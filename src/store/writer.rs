@@ -33,7 +33,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// first). With `job.ingesting`, more chunks follow through [`Op::AppendChunks`].
 pub struct NewJob {
     pub job: Job,
-    pub chunks: String,
+    /// The job's chunks in pieces of at most about 1 MiB (SQLite parses each piece's JSON
+    /// separately, so a big job never costs one huge parse): `(first chunk index, JSON array
+    /// of chunks)`, each piece continuing the one before.
+    pub chunks: Vec<(u64, String)>,
     /// The client's `Idempotency-Key` and the hash of its request.
     pub idempotency: Option<Idempotency>,
 }
@@ -264,7 +267,7 @@ impl Op {
     /// Roughly the bytes of JSON this op hands to SQLite.
     fn payload_bytes(&self) -> usize {
         match self {
-            Op::CreateJob(new) => new.chunks.len(),
+            Op::CreateJob(new) => new.chunks.iter().map(|(_, json)| json.len()).sum(),
             Op::AppendChunks { chunks, .. } => chunks.len(),
             Op::RecordChunk { outcomes, .. } => outcomes.len(),
             Op::MarkStarted { .. }
@@ -574,7 +577,9 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     .bind(job.ingesting)
     .execute(&mut *conn)
     .await?;
-    insert_chunks(conn, &id, 0, spec.chunksize, chunks).await?;
+    for (first_chunk, piece) in chunks {
+        insert_chunks(conn, &id, *first_chunk, spec.chunksize, piece).await?;
+    }
     Ok(Outcome::Done)
 }
 
