@@ -4,7 +4,9 @@
 //! module that knows axum/utoipa, `store` the only one that knows sqlx, `pool` the only one
 //! that spawns processes. `model` holds the domain types they share; `protocol` the worker
 //! protocol shared by `pool` and the built-in `worker`. `cli` is the command-line client: it
-//! depends on none of the others and speaks only HTTP.
+//! depends on none of the others and speaks only HTTP; `healthcheck` is the container probe.
+//! `metrics` names every Prometheus metric (recorded by `pool` and `api`); `retention` deletes
+//! expired jobs through the store.
 
 pub mod api;
 pub mod app;
