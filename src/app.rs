@@ -55,7 +55,7 @@ pub async fn run(
         }),
         pool_size: config.pool_size(),
         shutdown: shutdown.clone(),
-        api_token: config.api_token.as_deref().map(Arc::from),
+        api_token: config.api_token.as_deref().map(api::token_digest),
     };
     if !config.retention.is_zero() {
         tokio::spawn(retention::run(

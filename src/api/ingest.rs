@@ -36,20 +36,30 @@ use crate::store::NewJob;
 
 /// A batch is stored once it holds this many full chunks…
 const BATCH_CHUNKS: u64 = 64;
-/// …or this many bytes of items…
-const BATCH_BYTES: usize = 1 << 20;
+/// …or this many bytes of items… (A JSON body's chunks go to the store in pieces of this size
+/// too, so that SQLite never parses one huge document.)
+pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// …or once a full chunk has waited this long for more items.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// After an error, or once the job has ended, the rest of the body is read and dropped for at
 /// most this long (so the client can read the answer), then the connection is closed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// The request's media type (`Content-Type` without parameters), lowercase.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+}
+
 pub fn is_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"))
+    media_type(headers).is_some_and(|m| m == "application/x-ndjson")
+}
+
+/// `application/json` or any `application/*+json`, as axum's `Json` extractor accepts.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    })
 }
 
 /// Cuts items (JSON text) into chunks of `chunksize`, as the JSON array of arrays that the

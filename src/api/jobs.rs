@@ -129,7 +129,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
         return super::ingest::create_streamed_job(state, request.into_body()).await;
     }
     let headers = request.headers().clone();
-    if !is_json(&headers) {
+    if !super::ingest::is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType(
             "send the body as Content-Type: application/json (or application/x-ndjson to stream items)"
                 .into(),
@@ -160,7 +160,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
     for (index, item) in items.iter().enumerate() {
         check_item(&spec, index as u64, item).map_err(ApiError::InvalidRequest)?;
         batcher.push(item.get());
-        if batcher.full_bytes() >= CHUNK_PIECE_BYTES {
+        if batcher.full_bytes() >= super::ingest::BATCH_BYTES {
             let (piece, n, _) = batcher.take_full();
             chunks.push((chunk_count, piece));
             chunk_count += n;
@@ -285,22 +285,6 @@ pub(super) async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> 
         )));
     }
     Ok(())
-}
-
-/// A JSON body's chunks go to the store in pieces of about this many bytes.
-const CHUNK_PIECE_BYTES: usize = 1 << 20;
-
-/// `application/json` or any `application/*+json`, like axum's `Json` extractor accepts.
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(mime) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-    else {
-        return false;
-    };
-    let mime = mime.trim().to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 /// Chunk size of a streamed job that names none (its length is unknown).

@@ -26,6 +26,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use auth::token_digest;
 pub use error::{ApiError, Problem};
 
 use crate::events::EventBus;
@@ -54,8 +55,8 @@ pub struct AppState {
     pub pool_size: usize,
     /// Cancelled when poold shuts down: long-polls and streams end.
     pub shutdown: CancellationToken,
-    /// Required as a bearer token on `/v1/*` when set.
-    pub api_token: Option<Arc<str>>,
+    /// SHA-256 of the bearer token required on `/v1/*`, when one is set.
+    pub api_token: Option<[u8; 32]>,
 }
 
 #[derive(OpenApi)]

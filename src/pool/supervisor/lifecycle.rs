@@ -122,6 +122,7 @@ impl Supervisor {
     }
 
     pub(super) fn on_exit(&mut self, index: usize, exit: Exit) {
+        let out_of_memory = self.out_of_memory(&exit).is_some();
         let slot = &mut self.slots[index];
         let pid = slot.process.take().map(|p| p.pid);
         let expected = slot.state == SlotState::Stopping || self.draining;
@@ -131,11 +132,7 @@ impl Supervisor {
         crate::metrics::worker_exited(match stop_reason {
             Some(reason) => reason,
             None if self.draining => "shutdown",
-            None if self.config.memory_limit_mb.is_some()
-                && ran_out_of_memory(&exit.stderr_tail) =>
-            {
-                "oom"
-            }
+            None if out_of_memory => "oom",
             None if exit.how.starts_with("signal") => "signal",
             None => "exit",
         });
@@ -185,8 +182,8 @@ impl Supervisor {
             self.queue.requeue(flight.job, flight.pending);
             return;
         }
-        let (code, mut message) = match self.config.memory_limit_mb {
-            Some(mb) if ran_out_of_memory(&exit.stderr_tail) => (
+        let (code, mut message) = match self.out_of_memory(exit) {
+            Some(mb) => (
                 "out_of_memory",
                 format!(
                     "the worker process ran out of memory (its limit is {mb} MiB, \
@@ -194,7 +191,7 @@ impl Supervisor {
                     exit.how
                 ),
             ),
-            _ => (
+            None => (
                 "worker_exited",
                 format!(
                     "the worker process exited ({}) while running this item's chunk",
@@ -207,6 +204,16 @@ impl Supervisor {
             message.push_str(&exit.stderr_tail);
         }
         self.chunk_went_wrong(flight.job, flight.pending, code, message);
+    }
+
+    /// The memory limit (MiB) a dead worker ran out of: set only with `--worker-memory-mb` and
+    /// when its stderr shows an allocation failure.
+    fn out_of_memory(&self, exit: &Exit) -> Option<u64> {
+        self.config.memory_limit_mb.filter(|_| {
+            OUT_OF_MEMORY_SIGNS
+                .iter()
+                .any(|sign| exit.stderr_tail.contains(sign))
+        })
     }
 
     /// A worker that has run `--max-tasks-per-worker` chunks and has none left in flight is
@@ -253,16 +260,12 @@ impl Supervisor {
     }
 }
 
-/// Whether a worker's last stderr lines show an allocation failure (Python's `MemoryError`,
+/// Signs of an allocation failure in a worker's last stderr lines (Python's `MemoryError`,
 /// Rust's "memory allocation of N bytes failed", C's ENOMEM, C++'s `bad_alloc`).
-fn ran_out_of_memory(stderr_tail: &str) -> bool {
-    [
-        "MemoryError",
-        "memory allocation of",
-        "Cannot allocate memory",
-        "out of memory",
-        "bad_alloc",
-    ]
-    .iter()
-    .any(|sign| stderr_tail.contains(sign))
-}
+const OUT_OF_MEMORY_SIGNS: [&str; 5] = [
+    "MemoryError",
+    "memory allocation of",
+    "Cannot allocate memory",
+    "out of memory",
+    "bad_alloc",
+];

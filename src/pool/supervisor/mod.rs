@@ -280,17 +280,16 @@ impl Supervisor {
             next.started = Some(now);
         }
         slot.show_current_job();
-        if let Some(started) = flight.started {
-            crate::metrics::chunk_ran(now - started, flight.pending.chunk.size);
-        }
-        if let (Some(started), Some(job)) = (flight.started, self.queue.get_mut(flight.job)) {
-            let took = (now - started).as_secs_f64();
-            job.chunk_secs = Some(job.chunk_secs.map_or(took, |avg| 0.8 * avg + 0.2 * took));
-        }
         let Some(job) = self.queue.get_mut(flight.job) else {
             return; // the job ended meanwhile
         };
         job.in_flight -= 1;
+        if let Some(started) = flight.started {
+            let took = now - started;
+            crate::metrics::chunk_ran(took, flight.pending.chunk.size);
+            let secs = took.as_secs_f64();
+            job.chunk_secs = Some(job.chunk_secs.map_or(secs, |avg| 0.8 * avg + 0.2 * secs));
+        }
         self.chunk_done(flight.job, flight.pending, results);
         self.recycle_if_spent(index);
     }
