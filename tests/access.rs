@@ -43,12 +43,7 @@ async fn the_api_token_guards_v1_and_leaves_health_open() {
     }
 
     // With the token, the whole API works.
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", "Bearer s3cret token".parse().unwrap());
-    app.client = reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap();
+    app.use_token("s3cret token");
     let id = app
         .submit(json!({"function": "square", "items": [1, 2, 3]}))
         .await;

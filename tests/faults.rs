@@ -138,19 +138,19 @@ for line in sys.stdin:
     print(json.dumps({"type": "result", "id": task["id"], "results": out}), flush=True)
 "#;
 
-#[tokio::test]
-async fn a_timed_out_worker_leaves_no_grandchild_behind() {
+/// One worker running [`UNRULY_WORKER`], with extra `serve` flags; the directory holds it.
+async fn spawn_unruly(args: &[&str]) -> (tempfile::TempDir, TestApp) {
     let dir = tempfile::tempdir().unwrap();
     let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
-    let app = TestApp::spawn_with(&[
-        "--workers",
-        "1",
-        "--kill-grace",
-        "1",
-        "--worker-command",
-        &command,
-    ])
-    .await;
+    let mut all = vec!["--workers", "1", "--worker-command", &command];
+    all.extend_from_slice(args);
+    let app = TestApp::spawn_with(&all).await;
+    (dir, app)
+}
+
+#[tokio::test]
+async fn a_timed_out_worker_leaves_no_grandchild_behind() {
+    let (dir, app) = spawn_unruly(&["--kill-grace", "1"]).await;
     let pidfile = dir.path().join("grandchild.pid");
     let id = app
         .submit(json!({"function": "spawn_and_hang", "items": [pidfile], "timeout_s": 1}))
@@ -172,17 +172,7 @@ async fn a_timed_out_worker_leaves_no_grandchild_behind() {
 
 #[tokio::test]
 async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
-    let app = TestApp::spawn_with(&[
-        "--workers",
-        "1",
-        "--worker-memory-mb",
-        "300",
-        "--worker-command",
-        &command,
-    ])
-    .await;
+    let (_dir, app) = spawn_unruly(&["--worker-memory-mb", "300"]).await;
     let id = app
         .submit(json!({"function": "hog", "items": [1, 2000, 2], "chunksize": 3}))
         .await;
@@ -206,17 +196,7 @@ async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory() {
 
 #[tokio::test]
 async fn workers_are_recycled_after_max_tasks_per_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
-    let app = TestApp::spawn_with(&[
-        "--workers",
-        "1",
-        "--max-tasks-per-worker",
-        "2",
-        "--worker-command",
-        &command,
-    ])
-    .await;
+    let (_dir, app) = spawn_unruly(&["--max-tasks-per-worker", "2"]).await;
     let id = app
         .submit(json!({"function": "pid", "items": (0..10).collect::<Vec<_>>(), "chunksize": 1}))
         .await;

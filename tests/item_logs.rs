@@ -80,16 +80,7 @@ async fn item_logs_show_in_results_ndjson_and_as_sse_log_events() {
     assert_eq!(results[3], json!({"index": 3, "value": 3}));
 
     // The NDJSON download has the same entries.
-    let ndjson = app
-        .client
-        .get(format!("{}/v1/jobs/{id}/results", app.url))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ndjson = app.results_ndjson(&id).await.text().await.unwrap();
     let lines: Vec<Value> = ndjson
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -509,13 +509,7 @@ async fn long_poll_list_delete_and_empty_jobs() {
     );
     assert_eq!(page["next_offset"], Value::Null);
     // NDJSON download.
-    let ndjson = app
-        .client
-        .get(format!("{}/v1/jobs/{id}/results", app.url))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
+    let ndjson = app.results_ndjson(&id).await;
     assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
     let lines: Vec<Value> = ndjson
         .text()

@@ -97,13 +97,7 @@ async fn peak_rss_stays_bounded_ingesting_and_streaming_a_million_items() {
     let ran = started.elapsed();
 
     // Every result as NDJSON, in order.
-    let response = app
-        .client
-        .get(format!("{}/v1/jobs/{id}/results", app.url))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
+    let response = app.results_ndjson(&id).await;
     let mut next = 0u64;
     count_lines(response, |line| {
         let result: Value = serde_json::from_str(line).expect("a result line");

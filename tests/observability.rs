@@ -30,71 +30,30 @@ async fn metrics(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn metrics_count_items_jobs_workers_requests_and_streams() {
-    let app = TestApp::spawn_with(&["--api-token", "t"]).await;
+    let mut app = TestApp::spawn_with(&["--api-token", "t"]).await;
     let before = metrics(&app).await; // open without the token
     assert_eq!(
         sample(&before, r#"poold_jobs{status="completed"}"#),
         Some(0.0)
     );
 
-    let client = reqwest::Client::new();
-    let post = |body: Value| {
-        client
-            .post(format!("{}/v1/jobs", app.url))
-            .bearer_auth("t")
-            .json(&body)
-            .send()
-    };
-    let ok = post(json!({"function": "fail", "items": ["a", "b"]}))
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 201);
-    let failing: Value = ok.json().await.unwrap();
-    let squares: Value = post(json!({"function": "square", "items": (0..10).collect::<Vec<_>>()}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let crash: Value = post(json!({"function": "crash", "items": [5]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sleeper: Value = post(json!({"function": "sleep", "items": [30]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for job in [&failing, &squares, &crash] {
-        let done: Value = client
-            .get(format!(
-                "{}/v1/jobs/{}?wait=20",
-                app.url,
-                job["id"].as_str().unwrap()
-            ))
-            .bearer_auth("t")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    app.use_token("t");
+    let failing = app
+        .submit(json!({"function": "fail", "items": ["a", "b"]}))
+        .await;
+    let squares = app
+        .submit(json!({"function": "square", "items": (0..10).collect::<Vec<_>>()}))
+        .await;
+    let crash = app.submit(json!({"function": "crash", "items": [5]})).await;
+    let sleeper = app
+        .submit(json!({"function": "sleep", "items": [30]}))
+        .await;
+    for id in [&failing, &squares, &crash] {
+        let done = app.wait_job(id).await;
         assert_eq!(done["status"], "completed", "{done}");
     }
     // An open event stream on the sleeping job.
-    let stream = client
-        .get(format!(
-            "{}/v1/jobs/{}/events",
-            app.url,
-            sleeper["id"].as_str().unwrap()
-        ))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
+    let stream = app.get(&format!("/v1/jobs/{sleeper}/events")).await;
     assert_eq!(stream.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
@@ -108,69 +67,41 @@ async fn metrics_count_items_jobs_workers_requests_and_streams() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(
-        sample(&text, r#"poold_items_total{outcome="ok"}"#),
-        Some(10.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"poold_items_total{outcome="error"}"#),
-        Some(2.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"poold_items_total{outcome="worker_exited"}"#),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"poold_jobs{status="completed"}"#),
-        Some(3.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"poold_jobs{status="running"}"#),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(sample(&text, "poold_queued_items"), Some(1.0), "{text}");
-    assert!(sample(&text, "poold_oldest_unfinished_job_age_seconds").unwrap() >= 0.0);
-    assert!(
-        sample(&text, "poold_item_duration_seconds_count").unwrap() >= 12.0,
-        "{text}"
-    );
-    assert!(
-        sample(&text, r#"poold_worker_exits_total{reason="exit"}"#).unwrap() >= 1.0,
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"poold_http_requests_total{route="/v1/jobs",status="201"}"#
+    for (series, value) in [
+        (r#"poold_items_total{outcome="ok"}"#, 10.0),
+        (r#"poold_items_total{outcome="error"}"#, 2.0),
+        (r#"poold_items_total{outcome="worker_exited"}"#, 1.0),
+        (r#"poold_jobs{status="completed"}"#, 3.0),
+        (r#"poold_jobs{status="running"}"#, 1.0),
+        ("poold_queued_items", 1.0),
+        (
+            r#"poold_http_requests_total{route="/v1/jobs",status="201"}"#,
+            4.0,
         ),
-        Some(4.0),
-        "{text}"
-    );
-    assert!(
-        sample(
-            &text,
-            r#"poold_http_requests_total{route="/metrics",status="200"}"#
-        )
-        .unwrap()
-            >= 1.0
-    );
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+    }
+    for (series, at_least) in [
+        ("poold_oldest_unfinished_job_age_seconds", 0.0),
+        ("poold_item_duration_seconds_count", 12.0),
+        (r#"poold_worker_exits_total{reason="exit"}"#, 1.0),
+        (
+            r#"poold_http_requests_total{route="/metrics",status="200"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(
+            sample(&text, series).is_some_and(|v| v >= at_least),
+            "{series} < {at_least}\n{text}"
+        );
+    }
     drop(stream);
-    let cancelled = client
-        .post(format!(
-            "{}/v1/jobs/{}/cancel",
-            app.url,
-            sleeper["id"].as_str().unwrap()
-        ))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancelled.status(), 200);
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{sleeper}/cancel"))
+            .await
+            .status(),
+        200
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = metrics(&app).await;

@@ -117,6 +117,17 @@ impl TestApp {
         self.child.id()
     }
 
+    /// Send `Authorization: Bearer <token>` with every request from now on.
+    pub fn use_token(&mut self, token: &str) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}").parse().expect("header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.url))
@@ -193,6 +204,16 @@ impl TestApp {
                 _ => return all,
             }
         }
+    }
+
+    /// `GET /v1/jobs/{id}/results` with `Accept: application/x-ndjson`: every result, a line each.
+    pub async fn results_ndjson(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/v1/jobs/{id}/results", self.url))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .expect("GET results as NDJSON")
     }
 
     /// Read an SSE stream to its end (bounded by a deadline).
