@@ -3,19 +3,23 @@
 //! Called by `main` (and usable from tests). Order on start: open the store (migrations), start
 //! the supervisor (which resumes unfinished jobs), serve HTTP. On shutdown (the token is
 //! cancelled): new jobs get 503, streams and long-polls end, the supervisor drains running
-//! chunks within the grace period and stops every worker; then HTTP stops and the writer
-//! flushes and closes.
+//! chunks within the grace period and stops every worker; then HTTP stops (requests still open
+//! after another grace period are dropped) and the writer flushes and closes.
+//!
+//! The supervisor and the writer are the core: if either ends while poold is not shutting
+//! down (a bug), poold shuts down (so `/readyz` fails at once) and `run` returns an error, so
+//! that the process exits non-zero and Docker or systemd restarts it.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::serve::ListenerExt;
+use anyhow::{Context, bail};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, Limits};
+use crate::api::{self, AppState, ConnectionLimits, Limits};
 use crate::config::ServeArgs;
 use crate::events::EventBus;
 use crate::pool::{self, PoolConfig};
@@ -53,6 +57,7 @@ pub async fn run(
             max_queued_items: config.max_queued_items,
             default_timeout_s: config.task_timeout,
         }),
+        body_budget: Arc::new(Semaphore::new(config.max_buffered_bytes)),
         pool_size: config.pool_size(),
         shutdown: shutdown.clone(),
         api_token: config.api_token.as_deref().map(api::token_digest),
@@ -67,40 +72,77 @@ pub async fn run(
     // HTTP outlives the drain: new jobs get 503 `shutting_down` while running chunks finish.
     // Streams and long-polls watch `shutdown` itself and end at once.
     let http_stop = CancellationToken::new();
-    // No Nagle delay: an SSE event or a small JSON answer leaves at once, not 40 ms later.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
-    let early = tokio::select! {
-        served = &mut server => {
-            shutdown.cancel(); // the server stopped on its own
-            Some(served)
-        }
+    let limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout(),
+        grace: config.shutdown_grace() + Duration::from_secs(1),
+    };
+    let server = tokio::spawn(api::serve(
+        listener,
+        api::router(state),
+        limits,
+        http_stop.clone(),
+    ));
+    let mut server = Core::new("the HTTP server", server);
+    let mut supervisor = Core::new("the supervisor", supervisor);
+    let mut writer = Core::new("the database writer", writer);
+    let failed = tokio::select! {
+        ended = server.ended() => Some(ended),
+        ended = supervisor.ended() => Some(ended),
+        ended = writer.ended() => Some(ended),
         _ = shutdown.cancelled() => None,
     };
-    if let Err(e) = supervisor.await {
-        tracing::error!(error = %e, "supervisor task failed");
+    if let Some(part) = failed {
+        tracing::error!("{part} stopped unexpectedly; shutting down");
+        shutdown.cancel();
     }
+    supervisor.finish(Duration::from_secs(60)).await;
     http_stop.cancel();
-    let served = match early {
-        Some(served) => served,
-        None => server.await,
-    };
+    server.finish(Duration::from_secs(60)).await;
     store.close().await;
     drop(store);
-    if tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .is_err()
-    {
-        tracing::error!("database writer did not finish in time");
-    }
+    writer.finish(Duration::from_secs(10)).await;
     tracing::info!("poold stopped");
-    served
-        .context("HTTP server task failed")?
-        .context("HTTP server failed")
+    if let Some(part) = failed {
+        bail!("{part} stopped unexpectedly");
+    }
+    Ok(())
+}
+
+/// One of the long-lived tasks poold cannot run without.
+struct Core {
+    name: &'static str,
+    /// None once it has ended (a finished task must not be awaited again).
+    task: Option<JoinHandle<()>>,
+}
+
+impl Core {
+    fn new(name: &'static str, task: JoinHandle<()>) -> Self {
+        Self {
+            name,
+            task: Some(task),
+        }
+    }
+
+    /// Wait until it ends (it should not, before shutdown); log how. Returns its name.
+    async fn ended(&mut self) -> &'static str {
+        if let Some(task) = &mut self.task {
+            let ended = task.await;
+            self.task = None;
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "{} failed", self.name);
+            }
+        }
+        self.name
+    }
+
+    /// Wait (bounded) for it to end at shutdown.
+    async fn finish(&mut self, limit: Duration) {
+        if self.task.is_none() {
+            return;
+        }
+        if tokio::time::timeout(limit, self.ended()).await.is_err() {
+            tracing::error!("{} did not finish in time", self.name);
+        }
+    }
 }

@@ -60,6 +60,17 @@ pub struct ServeArgs {
     /// Most items in one job.
     #[arg(long, env = "POOLD_MAX_ITEMS_PER_JOB", default_value_t = 1_000_000)]
     pub max_items_per_job: usize,
+    /// Most bytes of JSON request bodies held in memory at once, across all requests; past it
+    /// a new JSON body gets 503 `server_busy` with `Retry-After` (at least `--max-body-bytes`).
+    #[arg(long, env = "POOLD_MAX_BUFFERED_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+    /// Most open client connections; past it a new connection gets 503 and is closed.
+    #[arg(long, env = "POOLD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive
+    /// connection stays open.
+    #[arg(long, env = "POOLD_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
     /// Seconds running chunks get to finish on shutdown before workers are stopped.
     #[arg(long, env = "POOLD_SHUTDOWN_GRACE", default_value_t = 5.0)]
     pub shutdown_grace: f64,
@@ -116,10 +127,39 @@ impl ServeArgs {
                 self.bind
             );
         }
-        if let Some(t) = self.task_timeout
-            && !(t.is_finite() && t > 0.0)
-        {
-            bail!("--task-timeout must be a positive number of seconds, got {t}");
+        if let Some(t) = self.task_timeout {
+            crate::limits::check_timeout(t).map_err(|e| anyhow::anyhow!("--task-timeout: {e}"))?;
+        }
+        for (name, seconds) in [
+            ("--shutdown-grace", self.shutdown_grace),
+            ("--kill-grace", self.kill_grace),
+        ] {
+            if !(seconds.is_finite() && (0.0..=3600.0).contains(&seconds)) {
+                bail!("{name} must be 0 to 3600 seconds, got {seconds}");
+            }
+        }
+        if !(self.header_timeout.is_finite() && (0.1..=3600.0).contains(&self.header_timeout)) {
+            bail!(
+                "--header-timeout must be 0.1 to 3600 seconds, got {}",
+                self.header_timeout
+            );
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes > u32::MAX as usize {
+            bail!(
+                "--max-body-bytes must be 1 to {} bytes, got {}",
+                u32::MAX,
+                self.max_body_bytes
+            );
+        }
+        if self.max_buffered_bytes < self.max_body_bytes {
+            bail!(
+                "--max-buffered-bytes ({}) must be at least --max-body-bytes ({})",
+                self.max_buffered_bytes,
+                self.max_body_bytes
+            );
         }
         if self.max_tasks_per_worker == Some(0) {
             bail!("--max-tasks-per-worker must be at least 1");
@@ -131,11 +171,15 @@ impl ServeArgs {
     }
 
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace.max(0.0))
+        Duration::from_secs_f64(self.shutdown_grace)
     }
 
     pub fn kill_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.kill_grace.max(0.0))
+        Duration::from_secs_f64(self.kill_grace)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout)
     }
 
     /// The worker command with its program resolved to a real executable, so no shell or

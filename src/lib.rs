@@ -6,7 +6,8 @@
 //! protocol shared by `pool` and the built-in `worker`. `cli` is the command-line client: it
 //! depends on none of the others and speaks only HTTP; `healthcheck` is the container probe.
 //! `metrics` names every Prometheus metric (recorded by `pool` and `api`); `retention` deletes
-//! expired jobs through the store.
+//! expired jobs through the store; `limits` holds every bound on what poold accepts (checked by
+//! `api` at the door, by `pool` on workers' results and on resume).
 
 pub mod api;
 pub mod app;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod healthcheck;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod pool;

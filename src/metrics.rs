@@ -11,7 +11,9 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::protocol::ItemOutcome;
+use crate::model::JobStatus;
+use crate::pool::ExitReason;
+use crate::protocol::{ItemOutcome, PooldError};
 
 const ITEMS: &str = "poold_items_total";
 const ITEM_SECONDS: &str = "poold_item_duration_seconds";
@@ -22,14 +24,25 @@ const WORKER_EXITS: &str = "poold_worker_exits_total";
 const HTTP_REQUESTS: &str = "poold_http_requests_total";
 const SSE_SUBSCRIBERS: &str = "poold_sse_subscribers";
 
-/// The item outcomes poold itself names; any other error type counts as `error`.
-const OWN_ERRORS: [&str; 3] = ["timeout", "worker_exited", "out_of_memory"];
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Install the recorder (idempotent: a second server in the same process shares it).
+/// How often recorded histogram samples are folded into their buckets. Until then each
+/// sample is kept (a chunk records one per item), so this bounds their memory.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Install the recorder (idempotent: a second server in the same process shares it) and start
+/// its upkeep on the current runtime.
 pub fn install() {
     HANDLE.get_or_init(|| {
+        tokio::spawn(async {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                ticks.tick().await;
+                if let Some(handle) = HANDLE.get() {
+                    handle.run_upkeep();
+                }
+            }
+        });
         let buckets = [
             0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
         ];
@@ -38,7 +51,7 @@ pub fn install() {
             .expect("bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
-        describe_counter!(ITEMS, "Items whose outcome was recorded, by outcome: ok, error (raised by the function), timeout, worker_exited, out_of_memory.");
+        describe_counter!(ITEMS, "Items whose outcome was recorded, by outcome: ok, error (raised by the function), or the error poold reported: timeout, worker_exited, out_of_memory, protocol_error, result_too_large, invalid_result.");
         describe_histogram!(ITEM_SECONDS, metrics::Unit::Seconds, "Run time per item (a chunk's run time divided by its items).");
         describe_gauge!(QUEUED_ITEMS, "Items of unfinished jobs without an outcome yet.");
         describe_gauge!(OLDEST_AGE, metrics::Unit::Seconds, "Age of the oldest unfinished job.");
@@ -65,10 +78,10 @@ pub fn items_finished(outcomes: &[ItemOutcome]) {
         match &outcome.error {
             None => ok += 1,
             Some(e) => {
-                let kind = OWN_ERRORS
+                let kind = PooldError::ALL
                     .iter()
-                    .find(|k| **k == e.kind)
-                    .copied()
+                    .map(|k| k.as_str())
+                    .find(|k| *k == e.kind)
                     .unwrap_or("error");
                 counter!(ITEMS, "outcome" => kind).increment(1);
             }
@@ -84,8 +97,8 @@ pub fn chunk_ran(elapsed: Duration, items: u64) {
     }
 }
 
-pub fn worker_exited(reason: &'static str) {
-    counter!(WORKER_EXITS, "reason" => reason).increment(1);
+pub fn worker_exited(reason: ExitReason) {
+    counter!(WORKER_EXITS, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn http_request(route: String, status: u16) {
@@ -110,7 +123,7 @@ impl Drop for SseSubscriber {
 
 /// Gauges read from the store at scrape time.
 pub fn set_store_gauges(jobs_by_status: &[(String, u64)], queued_items: u64, oldest_age: f64) {
-    for status in ["queued", "running", "completed", "failed", "cancelled"] {
+    for status in JobStatus::ALL.map(JobStatus::as_str) {
         let n = jobs_by_status
             .iter()
             .find(|(s, _)| s == status)

@@ -94,6 +94,12 @@ pub enum Decoded {
         /// The start of the line, lossily decoded, for the log.
         excerpt: String,
     },
+    /// A line longer than the limit, dropped up to its newline. Unlike other garbage it is most
+    /// likely a result too big to take, so the supervisor does not just skip it.
+    Overlong {
+        /// The start of the line, lossily decoded, for the log.
+        excerpt: String,
+    },
 }
 
 /// Splits a worker's stdout into lines of at most `max_line` bytes and parses each one.
@@ -165,10 +171,7 @@ impl tokio_util::codec::Decoder for MessageCodec {
                     buf.clear();
                     self.scanned = 0;
                     self.discarding = true;
-                    return Ok(Some(Decoded::Garbage {
-                        error: format!("line longer than {} bytes, dropped", self.max_line),
-                        excerpt,
-                    }));
+                    return Ok(Some(Decoded::Overlong { excerpt }));
                 }
                 (None, false) => {
                     self.scanned = buf.len();
@@ -212,7 +215,9 @@ pub enum PooldMessage<'a> {
     },
 }
 
-/// A `task` message as a worker reads it.
+/// A `task` message as a worker reads it. Its kwargs and items stay raw JSON text here, so a
+/// value this worker cannot take (nested too deep for its parser) fails that item, not the
+/// whole task: every task gets its result.
 #[derive(Debug, Deserialize)]
 pub struct Task {
     #[serde(rename = "type")]
@@ -220,10 +225,10 @@ pub struct Task {
     pub id: u64,
     pub function: String,
     #[serde(default)]
-    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    pub kwargs: Option<Box<RawValue>>,
     #[serde(default)]
     pub star: bool,
-    pub items: Vec<serde_json::Value>,
+    pub items: Vec<Box<RawValue>>,
 }
 
 /// The most log text kept per item; the rest is cut and [`LOG_TRUNCATED`] appended.
@@ -245,6 +250,50 @@ pub struct ItemOutcome {
     pub log: Option<String>,
 }
 
+/// The item errors poold itself reports, as the error's `type` (an error raised by a function
+/// carries its own exception type instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PooldError {
+    /// The item ran past its `timeout_s`; its worker was stopped.
+    Timeout,
+    /// The worker process died while running the item's chunk, on every attempt.
+    WorkerExited,
+    /// Like `WorkerExited`, with an allocation failure over `--worker-memory-mb`.
+    OutOfMemory,
+    /// The worker answered out of protocol while running the item's chunk, on every attempt.
+    ProtocolError,
+    /// The item's result line was longer than the protocol allows.
+    ResultTooLarge,
+    /// The item's result cannot be stored as it is (nested too deep).
+    InvalidResult,
+    /// The database refused the item's result.
+    UnstorableResult,
+}
+
+impl PooldError {
+    pub const ALL: [PooldError; 7] = [
+        Self::Timeout,
+        Self::WorkerExited,
+        Self::OutOfMemory,
+        Self::ProtocolError,
+        Self::ResultTooLarge,
+        Self::InvalidResult,
+        Self::UnstorableResult,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::WorkerExited => "worker_exited",
+            Self::OutOfMemory => "out_of_memory",
+            Self::ProtocolError => "protocol_error",
+            Self::ResultTooLarge => "result_too_large",
+            Self::InvalidResult => "invalid_result",
+            Self::UnstorableResult => "unstorable_result",
+        }
+    }
+}
+
 /// An item error, shaped like a Python exception.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ItemError {
@@ -256,11 +305,22 @@ pub struct ItemError {
 }
 
 impl ItemOutcome {
-    pub fn error(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error poold reports for the item itself.
+    pub fn failed(kind: PooldError, message: impl Into<String>) -> Self {
         Self {
             value: None,
-            error: Some(ItemError::new(kind, message)),
+            error: Some(ItemError::new(kind.as_str(), message)),
             log: None,
+        }
+    }
+
+    /// Replace a value poold cannot store (see `crate::limits`) by an `invalid_result` error.
+    pub fn check_value(&mut self) {
+        let Some(value) = &self.value else { return };
+        if let Err(why) = crate::limits::check_depth("the result", value.get()) {
+            let log = self.log.take();
+            *self = Self::failed(PooldError::InvalidResult, why);
+            self.log = log;
         }
     }
 
@@ -372,7 +432,7 @@ mod tests {
         input.extend_from_slice(HELLO.as_bytes());
         input.push(b'\n');
         let decoded = decode_all(&input, &[1000], 512);
-        assert!(matches!(&decoded[0], Decoded::Garbage { error, .. } if error.contains("longer")));
+        assert!(matches!(&decoded[0], Decoded::Overlong { excerpt } if excerpt.starts_with("xxx")));
         assert!(matches!(&decoded[1], Decoded::Garbage { error, .. } if error.contains("UTF-8")));
         assert!(matches!(
             &decoded[2],
@@ -405,7 +465,7 @@ mod tests {
         assert_eq!(logs, [Some("hi\n"), None, None]);
 
         // A multi-byte character straddling the limit is not split.
-        let mut long = ItemOutcome::error("E", "m");
+        let mut long = ItemOutcome::failed(PooldError::Timeout, "m");
         long.log = Some(format!(
             "{}é{}",
             "a".repeat(MAX_ITEM_LOG_BYTES - 1),
@@ -436,6 +496,20 @@ mod tests {
             (task.kind.as_str(), task.function.as_str(), task.items.len()),
             ("task", "pow", 2)
         );
-        assert_eq!(task.kwargs["exp"], 3);
+        assert_eq!(task.kwargs.unwrap().get(), r#"{"exp":3}"#);
+    }
+
+    #[test]
+    fn results_nested_too_deep_become_errors() {
+        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
+        let mut outcome = ItemOutcome {
+            value: Some(RawValue::from_string(deep).unwrap()),
+            error: None,
+            log: Some("printed".into()),
+        };
+        outcome.check_value();
+        assert!(outcome.value.is_none());
+        assert_eq!(outcome.error.unwrap().kind, "invalid_result");
+        assert_eq!(outcome.log.as_deref(), Some("printed"));
     }
 }

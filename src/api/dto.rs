@@ -67,7 +67,8 @@ pub struct JobDto {
 pub struct ResultDto {
     pub index: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON value (`null` included); absent when the item failed.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<ItemErrorDto>)]

@@ -37,6 +37,8 @@ pub enum ApiError {
     ShuttingDown,
     #[error("{0}")]
     NotReady(String),
+    #[error("{0}")]
+    ServerBusy(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed on this route")]
@@ -78,8 +80,15 @@ impl ApiError {
             PoolClosed => (StatusCode::SERVICE_UNAVAILABLE, "pool_closed"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ServerBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
             RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Store(crate::store::Error::Storage { full: true, .. }) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            Store(crate::store::Error::Storage { full: false, .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            }
             Store(_) | Pool(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -88,13 +97,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let detail =
-            if status.is_server_error() && !matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
-                tracing::error!(error = %self, "request failed");
-                "internal error; the server log has the cause".to_string()
-            } else {
-                self.to_string()
-            };
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "request failed");
+            "internal error; the server log has the cause".to_string()
+        } else {
+            self.to_string()
+        };
         let problem = Problem {
             kind: format!("urn:poold:problem:{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
@@ -110,7 +118,9 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         if matches!(
             status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+            StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::INSUFFICIENT_STORAGE
         ) {
             headers.insert(header::RETRY_AFTER, "5".parse().expect("valid header"));
         }

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -64,7 +65,9 @@ pub struct EventsQuery {
     order: Option<Order>,
     /// `false`: progress and end only.
     results: Option<bool>,
-    /// Resume after this event id, like the `Last-Event-ID` header (which wins if both are given).
+    /// Resume after this event id, like the `Last-Event-ID` header (which wins if both are
+    /// given); 0 to 9223372036854775806.
+    #[param(minimum = 0, maximum = 9223372036854775806_i64)]
     after: Option<u64>,
 }
 
@@ -93,9 +96,10 @@ pub struct Progress {
 /// again only with its `result`). In index order a finished job's missing items (cancelled,
 /// failed fast) are skipped. Comments keep idle connections alive.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventsQuery,
-    ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
+    ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (0 to 9223372036854775806)", minimum = 0, maximum = 9223372036854775806_i64)),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`Last-Event-ID`, `after`, `order` or `results` is not valid", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ))]
 async fn stream_job_events(
@@ -110,17 +114,27 @@ async fn stream_job_events(
         .map(|v| v.to_str().map(str::trim))
     {
         None => None,
-        Some(Ok(v)) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::InvalidRequest(format!(
-                "Last-Event-ID must be an event id (a number), got {v:?}"
-            ))
-        })?),
+        Some(Ok(v)) => Some(
+            v.parse::<u64>()
+                .ok()
+                .filter(|k| *k <= MAX_EVENT_ID)
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(format!(
+                        "Last-Event-ID must be an event id (a number from 0 to {MAX_EVENT_ID}), got {v:?}"
+                    ))
+                })?,
+        ),
         Some(Err(_)) => {
             return Err(ApiError::InvalidRequest(
                 "Last-Event-ID is not valid text".into(),
             ));
         }
     };
+    if let Some(after) = query.after.filter(|k| *k > MAX_EVENT_ID) {
+        return Err(ApiError::InvalidRequest(format!(
+            "after must be an event id from 0 to {MAX_EVENT_ID}, got {after}"
+        )));
+    }
     // Subscribe before the first read so that no change is missed; that read is the stream's
     // first look at the job too.
     let changes = state.events.subscribe(id);
@@ -129,6 +143,7 @@ async fn stream_job_events(
         order: query.order.unwrap_or_default(),
         results: query.results.unwrap_or(true),
         next: last_event_id.or(query.after).map_or(0, |k| k + 1),
+        cursor: None,
     };
     let (tx, rx) = mpsc::channel(FRAMES_QUEUED);
     tokio::spawn(async move {
@@ -136,9 +151,11 @@ async fn stream_job_events(
         let mut out = Frames {
             tx,
             buf: String::new(),
+            shutdown: state.shutdown.clone(),
         };
-        if let Err(e) = pump(&state, id, job, changes, options, &mut out).await {
-            tracing::warn!(job.id = %id, error = %e, "event stream ended early");
+        match pump(&state, id, job, changes, options, &mut out).await {
+            Ok(()) | Err(StreamError::Closed | StreamError::ShuttingDown) => {}
+            Err(e) => tracing::warn!(job.id = %id, error = %e, "event stream ended early"),
         }
     });
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
@@ -152,11 +169,18 @@ async fn stream_job_events(
         .into_response())
 }
 
+/// The largest event id a client may resume after: ids are item indices or positions, which
+/// the store keeps as signed 64-bit numbers.
+const MAX_EVENT_ID: u64 = i64::MAX as u64 - 1;
+
 struct StreamOptions {
     order: Order,
     results: bool,
     /// Index order: the next item index to send. Completion order: how many were sent.
     next: u64,
+    /// Completion order: where the store's record order stands after the last result sent
+    /// (None before the first page, which skips `next` results once).
+    cursor: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,12 +189,16 @@ enum StreamError {
     Store(#[from] crate::store::Error),
     #[error("client went away")]
     Closed,
+    #[error("poold is shutting down")]
+    ShuttingDown,
 }
 
 /// The SSE text being written, sent to the connection a frame at a time.
 struct Frames {
     tx: mpsc::Sender<Bytes>,
     buf: String,
+    /// A client that stops reading must not keep a stream (and so poold) alive at shutdown.
+    shutdown: CancellationToken,
 }
 
 impl Frames {
@@ -194,7 +222,10 @@ impl Frames {
             return Ok(());
         }
         let frame = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.send(frame).await.map_err(|_| StreamError::Closed)
+        tokio::select! {
+            sent = self.tx.send(frame) => sent.map_err(|_| StreamError::Closed),
+            _ = self.shutdown.cancelled() => Err(StreamError::ShuttingDown),
+        }
     }
 }
 
@@ -261,10 +292,17 @@ async fn send_results(
         let page = match options.order {
             Order::Index => state.store.results_by_index(id, options.next, PAGE).await?,
             Order::Completion => {
-                state
+                let skip = if options.cursor.is_none() {
+                    options.next
+                } else {
+                    0
+                };
+                let (page, cursor) = state
                     .store
-                    .results_by_completion(id, options.next, PAGE)
-                    .await?
+                    .results_by_completion(id, options.cursor, skip, PAGE)
+                    .await?;
+                options.cursor = cursor.or(options.cursor);
+                page
             }
         };
         let full = page.len() == PAGE as usize;

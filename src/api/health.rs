@@ -54,7 +54,8 @@ async fn get_health() -> Json<Health> {
     })
 }
 
-/// Readiness: the database answers and at least one worker is ready.
+/// Readiness: the database answers, writes to it succeed (not while the disk is full) and at
+/// least one worker is ready.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Health),
     (status = 503, description = "Not ready; `detail` says why", body = super::Problem, content_type = "application/problem+json"),
@@ -68,6 +69,11 @@ async fn get_readiness(State(state): State<AppState>) -> Result<Json<Health>, Ap
         .ping()
         .await
         .map_err(|e| ApiError::NotReady(format!("database unreachable: {e}")))?;
+    if let Some(failure) = state.store.write_failure() {
+        return Err(ApiError::NotReady(format!(
+            "database writes are failing: {failure}"
+        )));
+    }
     let pool = state.pool.snapshot().await?;
     let ready = pool
         .workers

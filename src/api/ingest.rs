@@ -18,7 +18,7 @@ use std::io;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::value::RawValue;
@@ -31,6 +31,7 @@ use super::jobs::{
     validate,
 };
 use super::{ApiError, AppState};
+use crate::limits;
 use crate::model::{Job, JobStatus};
 use crate::store::NewJob;
 
@@ -45,33 +46,20 @@ const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// most this long (so the client can read the answer), then the connection is closed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// The request's media type (`Content-Type` without parameters), lowercase.
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next()?.trim().to_ascii_lowercase())
-}
-
-pub fn is_ndjson(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|m| m == "application/x-ndjson")
-}
-
-/// `application/json` or any `application/*+json`, as axum's `Json` extractor accepts.
-pub fn is_json(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|m| {
-        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-    })
-}
-
-/// Cuts items (JSON text) into chunks of `chunksize`, as the JSON array of arrays that the
-/// store inserts with `json_each`.
+/// Cuts items (JSON text) into chunks of at most `chunksize` items and about
+/// [`limits::MAX_CHUNK_BYTES`] of JSON, as the JSON array of `[first item index, [items]]`
+/// pairs that the store inserts with `json_each`.
 pub struct ChunkBatcher {
     chunksize: u32,
-    /// Full chunks: `[[…],[…]` without its closing bracket; empty when there are none.
+    /// Items pushed so far: the index the next item gets.
+    next_index: u64,
+    /// Full chunks: `[[0,[…]],[2,[…]]` without its closing bracket; empty when there are none.
     full: String,
     full_chunks: u64,
     full_items: u64,
     /// The chunk being filled: `[a,b` without its closing bracket.
     current: String,
+    current_start: u64,
     current_items: u32,
 }
 
@@ -79,29 +67,36 @@ impl ChunkBatcher {
     pub fn new(chunksize: u32) -> Self {
         Self {
             chunksize: chunksize.max(1),
+            next_index: 0,
             full: String::new(),
             full_chunks: 0,
             full_items: 0,
             current: String::new(),
+            current_start: 0,
             current_items: 0,
         }
     }
 
     /// Add one item (valid JSON text).
     pub fn push(&mut self, item: &str) {
-        self.current
-            .push(if self.current_items == 0 { '[' } else { ',' });
+        if self.current_items == 0 {
+            self.current.push('[');
+            self.current_start = self.next_index;
+        } else {
+            self.current.push(',');
+        }
         self.current.push_str(item);
         self.current_items += 1;
-        if self.current_items == self.chunksize {
+        self.next_index += 1;
+        if self.current_items == self.chunksize || self.current.len() >= limits::MAX_CHUNK_BYTES {
             self.close_current();
         }
     }
 
     fn close_current(&mut self) {
-        self.current.push(']');
+        use std::fmt::Write;
         self.full.push(if self.full.is_empty() { '[' } else { ',' });
-        self.full.push_str(&self.current);
+        let _ = write!(self.full, "[{},{}]]", self.current_start, self.current);
         self.current.clear();
         self.full_chunks += 1;
         self.full_items += u64::from(self.current_items);
@@ -354,11 +349,10 @@ impl Upload {
             self.batcher.take_full()
         };
         let id = self.job.id;
-        let chunksize = self.job.spec.chunksize;
         let stored = self
             .state
             .store
-            .append_chunks(id, self.next_chunk, chunksize, chunks, items, close)
+            .append_chunks(id, self.next_chunk, chunks, items, close)
             .await?;
         if !stored {
             // Ended meanwhile; make sure the supervisor has not kept it scheduled.
@@ -413,11 +407,29 @@ mod tests {
         for item in ["1", "\"a\"", "[3]"] {
             batcher.push(item);
         }
-        assert_eq!(batcher.take_full(), (r#"[[1,"a"]]"#.to_string(), 1, 2));
+        assert_eq!(batcher.take_full(), (r#"[[0,[1,"a"]]]"#.to_string(), 1, 2));
         batcher.push("{}");
         batcher.push("5");
         assert_eq!(batcher.full_chunks(), 1);
-        assert_eq!(batcher.finish(), ("[[[3],{}],[5]]".to_string(), 2, 3));
+        assert_eq!(
+            batcher.finish(),
+            ("[[2,[[3],{}]],[4,[5]]]".to_string(), 2, 3)
+        );
         assert_eq!(ChunkBatcher::new(3).finish(), ("[]".to_string(), 0, 0));
+    }
+
+    #[test]
+    fn batcher_ends_a_chunk_at_its_byte_limit() {
+        let big = format!("\"{}\"", "x".repeat(crate::limits::MAX_CHUNK_BYTES / 2));
+        let mut batcher = ChunkBatcher::new(1000);
+        for _ in 0..3 {
+            batcher.push(&big);
+        }
+        batcher.push("1");
+        let (chunks, count, items) = batcher.finish();
+        assert_eq!((count, items), (2, 4));
+        let chunks: Vec<(u64, Vec<serde_json::Value>)> = serde_json::from_str(&chunks).unwrap();
+        let shape: Vec<(u64, usize)> = chunks.iter().map(|(s, c)| (*s, c.len())).collect();
+        assert_eq!(shape, [(0, 2), (2, 2)]);
     }
 }

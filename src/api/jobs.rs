@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -23,12 +22,12 @@ use uuid::Uuid;
 use super::dto::{JobDto, JobStatusDto, OnErrorDto};
 use super::error::Query;
 use super::{ApiError, AppState, Problem};
+use crate::limits;
 use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
 use crate::store::{DeleteOutcome, Idempotency, NewJob};
 
 /// Longest `wait` a long-poll may ask for, in seconds.
 pub const MAX_WAIT_S: f64 = 300.0;
-const MAX_ATTEMPTS: i64 = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -43,38 +42,78 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob<'a> {
-    /// A function the workers advertise (GET /v1/functions).
+    /// A function the workers advertise (GET /v1/functions); 1 to 255 characters, none of
+    /// them a control character.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     function: String,
-    /// The iterable: any JSON values. With `star`, each item is an array of positional arguments.
+    /// The iterable: any JSON values, each nested at most 100 levels deep. With `star`, each
+    /// item is an array of positional arguments.
     /// Required in a JSON body; absent from line 1 of an NDJSON body (the items follow it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Vec<Object>, required = true)]
+    #[schema(value_type = Vec<serde_json::Value>, required = true)]
     // Borrowed from the request body: no allocation per item.
     #[serde(borrow)]
     pub(super) items: Option<Vec<&'a RawValue>>,
-    /// Fixed keyword arguments, like `functools.partial`. Default `{}`.
+    /// Fixed keyword arguments, like `functools.partial`: a JSON object of at most 1 MiB,
+    /// nested at most 100 levels deep. Default `{}`.
     #[schema(value_type = Option<Object>)]
     kwargs: Option<Box<RawValue>>,
     /// Each item is an array of positional arguments (`starmap`). Default false.
     #[serde(default)]
     star: bool,
-    /// Items per chunk sent to a worker (>= 1). Default: automatic, like `Pool.map`
-    /// (`ceil(len / (4 * workers))`, at most 1000).
+    /// Most items per chunk sent to a worker (1 to 1000000). Default: automatic, like
+    /// `Pool.map` (`ceil(len / (4 * workers))`, at most 1000). A chunk also ends once it holds
+    /// 256 KiB of item JSON, so a chunk of large items may hold fewer.
+    #[schema(minimum = 1, maximum = 1000000)]
+    #[serde(default, deserialize_with = "integer")]
     chunksize: Option<i64>,
-    /// Per-item time limit in seconds (> 0); default: the server's `--task-timeout`, if any.
-    /// An item over it fails with a `timeout` error and
+    /// Per-item time limit in seconds, above 0 and at most 604800 (7 days); default: the
+    /// server's `--task-timeout`, if any. An item over it fails with a `timeout` error and
     /// its worker is stopped (SIGTERM, then SIGKILL) and replaced; the rest of its chunk completes.
+    #[schema(exclusive_minimum = 0, maximum = 604800)]
     timeout_s: Option<f64>,
     /// Runs per chunk when its worker dies (1 to 100). Default 1. A chunk that still kills its
     /// worker is split so that only the guilty item fails (`worker_exited`).
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "integer")]
     max_attempts: Option<i64>,
     /// Default `continue`.
     on_error: Option<OnErrorDto>,
     /// Higher runs first; equal priorities share the pool fairly. Default 0.
+    #[serde(default, deserialize_with = "integer")]
     priority: Option<i32>,
-    /// Free-form labels, returned as given. Default `{}`.
+    /// Free-form labels, returned as given: a JSON object of at most 64 KiB, nested at most
+    /// 100 levels deep. Default `{}`.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
+}
+
+/// An integer field: a JSON integer, or a number without a fractional part (`2.0`), which JSON
+/// Schema counts as an integer too.
+fn integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+            .map(|f| f as i64)
+    });
+    let whole =
+        whole.ok_or_else(|| D::Error::custom(format!("expected an integer, got {number}")))?;
+    T::try_from(whole)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{whole} is out of range")))
 }
 
 /// Submit a map job.
@@ -99,7 +138,7 @@ pub struct CreateJob<'a> {
         (CreateJob = "application/json"),
         (String = "application/x-ndjson"),
     ), description = "A CreateJob as JSON; or, as NDJSON, line 1 a CreateJob without `items` and then one JSON item per line"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (JSON bodies only)")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (JSON bodies only)", pattern = "^[!-~]{1,255}$")),
     responses(
     (status = 201, description = "Stored; `Location` names it. For NDJSON, after the upload ended", body = JobDto,
      headers(("Location" = String, description = "/v1/jobs/{id}"))),
@@ -111,7 +150,10 @@ pub struct CreateJob<'a> {
     (status = 429, description = "`too_many_queued_items`: the server's queue is full; see `Retry-After`", body = Problem, content_type = "application/problem+json",
      headers(("Retry-After" = String, description = "Seconds to wait"))),
     (status = 422, description = "`unknown_function`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
-    (status = 503, description = "`pool_closed`, `shutting_down`, or `not_ready` (no worker has started)", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "`pool_closed`, `shutting_down`, `not_ready` (no worker has started), `server_busy` (too many request bodies held at once) or `storage_unavailable` (the database cannot be written); see `Retry-After`", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
+    (status = 507, description = "`insufficient_storage`: the database's disk is full; poold goes on by itself once there is room", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
 ))]
 async fn create_job(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     if state.shutdown.is_cancelled() {
@@ -120,7 +162,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
     if !state.pool.accepting() {
         return Err(ApiError::PoolClosed);
     }
-    if super::ingest::is_ndjson(request.headers()) {
+    if super::body::is_ndjson(request.headers()) {
         if request.headers().contains_key("idempotency-key") {
             return Err(ApiError::InvalidRequest(
                 "Idempotency-Key is not supported with NDJSON streaming ingest; send a JSON body to use it".into(),
@@ -128,15 +170,16 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
         }
         return super::ingest::create_streamed_job(state, request.into_body()).await;
     }
-    let headers = request.headers().clone();
-    if !super::ingest::is_json(&headers) {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    if !super::body::is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType(
             "send the body as Content-Type: application/json (or application/x-ndjson to stream items)"
                 .into(),
         ));
     }
-    let body = Bytes::from_request(request, &state).await?;
-    let mut request: CreateJob = serde_json::from_slice(&body).map_err(|e| {
+    let body = super::body::read_json(&state, &headers, body).await?;
+    let mut request: CreateJob = serde_json::from_slice(&body.bytes).map_err(|e| {
         ApiError::InvalidRequest(format!(
             "Failed to deserialize the JSON body into the target type: {e}"
         ))
@@ -212,15 +255,25 @@ pub(super) async fn check_function(state: &AppState, spec: &JobSpec) -> Result<(
     Ok(())
 }
 
-/// One item's own check: with `star`, an item must be an array of arguments.
+/// One item's own check: nested at most `limits::MAX_DEPTH` deep; with `star`, an array of
+/// arguments.
 pub(super) fn check_item(spec: &JobSpec, index: u64, item: &RawValue) -> Result<(), String> {
     if spec.star && !item.get().starts_with('[') {
         return Err(format!(
             "star is true, so every item must be an array of arguments; item {index} is {}",
-            item.get()
+            excerpt(item.get())
         ));
     }
-    Ok(())
+    limits::check_depth(&format!("item {index}"), item.get())
+}
+
+/// The start of a JSON text, for an error message.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 pub(super) fn job_response(status: StatusCode, job: Job) -> Response {
@@ -290,46 +343,36 @@ pub(super) async fn admit(state: &AppState, items: u64) -> Result<(), ApiError> 
 /// Chunk size of a streamed job that names none (its length is unknown).
 pub const STREAM_CHUNKSIZE: u32 = 100;
 
-/// Check the request (its items taken out) and apply defaults. `items` is the number of items
-/// when known (a JSON body), for the automatic chunksize.
+/// Check the request (its items taken out) against `crate::limits` and apply defaults. `items`
+/// is the number of items when known (a JSON body), for the automatic chunksize.
 pub(super) fn validate(
     state: &AppState,
     request: CreateJob,
     items: Option<usize>,
 ) -> Result<JobSpec, ApiError> {
     let invalid = |msg: String| Err(ApiError::InvalidRequest(msg));
-    if request.function.is_empty() {
-        return invalid("function must not be empty".into());
-    }
-    let object_or_empty = |value: Option<Box<RawValue>>, name: &str| match value {
-        None => Ok(RawValue::from_string("{}".into()).expect("valid JSON")),
-        Some(v) if v.get().starts_with('{') => Ok(v),
-        Some(v) => Err(ApiError::InvalidRequest(format!(
-            "{name} must be a JSON object, got {}",
-            v.get()
-        ))),
-    };
-    let kwargs = object_or_empty(request.kwargs, "kwargs")?;
-    let metadata = object_or_empty(request.metadata, "metadata")?;
+    check_function_name(&request.function).map_err(ApiError::InvalidRequest)?;
+    let kwargs = json_object(request.kwargs, "kwargs", limits::MAX_KWARGS_BYTES)?;
+    let metadata = json_object(request.metadata, "metadata", limits::MAX_METADATA_BYTES)?;
     let chunksize = match (request.chunksize, items) {
         (None, Some(n)) => auto_chunksize(n, state.pool_size),
         (None, None) => STREAM_CHUNKSIZE,
-        (Some(c), _) if (1..=1_000_000).contains(&c) => c as u32,
+        (Some(c), _) if (1..=i64::from(limits::MAX_CHUNKSIZE)).contains(&c) => c as u32,
         (Some(c), _) => {
-            return invalid(format!("chunksize must be between 1 and 1000000, got {c}"));
+            return invalid(format!(
+                "chunksize must be between 1 and {}, got {c}",
+                limits::MAX_CHUNKSIZE
+            ));
         }
     };
-    if let Some(t) = request.timeout_s
-        && !(t.is_finite() && t > 0.0)
-    {
-        return invalid(format!(
-            "timeout_s must be a positive number of seconds, got {t}"
-        ));
+    if let Some(t) = request.timeout_s {
+        limits::check_timeout(t).map_err(ApiError::InvalidRequest)?;
     }
     let max_attempts = request.max_attempts.unwrap_or(1);
-    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+    if !(1..=i64::from(limits::MAX_ATTEMPTS)).contains(&max_attempts) {
         return invalid(format!(
-            "max_attempts must be between 1 and {MAX_ATTEMPTS}, got {max_attempts}"
+            "max_attempts must be between 1 and {}, got {max_attempts}",
+            limits::MAX_ATTEMPTS
         ));
     }
     Ok(JobSpec {
@@ -343,6 +386,44 @@ pub(super) fn validate(
         priority: request.priority.unwrap_or(0),
         metadata,
     })
+}
+
+/// A function name is 1 to 255 characters, none of them a control character.
+fn check_function_name(name: &str) -> Result<(), String> {
+    let length = name.chars().count();
+    if !(1..=limits::MAX_FUNCTION_NAME).contains(&length) {
+        return Err(format!(
+            "function must be 1 to {} characters long, got {length}",
+            limits::MAX_FUNCTION_NAME,
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("function must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// `kwargs` or `metadata`: a JSON object (default `{}`) within its size and nesting limits.
+fn json_object(
+    value: Option<Box<RawValue>>,
+    name: &str,
+    max_bytes: usize,
+) -> Result<Box<RawValue>, ApiError> {
+    let invalid = |msg: String| Err(ApiError::InvalidRequest(msg));
+    let Some(value) = value else {
+        return Ok(RawValue::from_string("{}".into()).expect("valid JSON"));
+    };
+    if !value.get().starts_with('{') {
+        return invalid(format!("{name} must be a JSON object, got {}", value.get()));
+    }
+    if value.get().len() > max_bytes {
+        return invalid(format!(
+            "{name} is {} bytes of JSON; the most is {max_bytes}",
+            value.get().len()
+        ));
+    }
+    limits::check_depth(name, value.get()).map_err(ApiError::InvalidRequest)?;
+    Ok(value)
 }
 
 /// A job about to be stored with `total` items; `ingesting`: more will be uploaded.
@@ -376,6 +457,7 @@ pub struct ListJobsQuery {
     /// Only jobs in this status.
     status: Option<JobStatusDto>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
@@ -427,6 +509,7 @@ pub struct WaitQuery {
 /// Read a job; with `wait`, long-poll until it finishes.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path), WaitQuery), responses(
     (status = 200, body = JobDto),
+    (status = 400, description = "`wait` is not a number of seconds", body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
 async fn get_job(
@@ -484,6 +567,10 @@ pub async fn wait_for_job(state: &AppState, id: JobId, wait: Option<f64>) -> Res
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses(
     (status = 200, body = JobDto),
     (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "`storage_unavailable`: the database cannot be written now", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
+    (status = 507, description = "`insufficient_storage`: the database's disk is full", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
 ))]
 async fn cancel_job(
     State(state): State<AppState>,
@@ -507,6 +594,10 @@ async fn cancel_job(
     (status = 204, description = "Deleted"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "`job_not_finished`: cancel it first", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "`storage_unavailable`: the database cannot be written now", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
+    (status = 507, description = "`insufficient_storage`: the database's disk is full", body = Problem, content_type = "application/problem+json",
+     headers(("Retry-After" = String, description = "Seconds to wait"))),
 ))]
 async fn delete_job(
     State(state): State<AppState>,
@@ -517,5 +608,42 @@ async fn delete_job(
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::JobNotFound(id.to_string())),
         DeleteOutcome::NotFinished => Err(ApiError::JobNotFinished(id)),
+    }
+}
+
+/// OpenAPI links from a created job (`POST /v1/jobs`, 201) to the operations on it, so that
+/// clients and tools that follow them (schemathesis) use real ids.
+pub struct LinksFromCreate;
+
+impl utoipa::Modify for LinksFromCreate {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::link::LinkBuilder;
+        let targets = [
+            ("GetJob", "get_job"),
+            ("CancelJob", "cancel_job"),
+            ("DeleteJob", "delete_job"),
+            ("ListResults", "list_results"),
+            ("StreamJobEvents", "stream_job_events"),
+        ];
+        let Some(create) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/jobs")
+            .and_then(|item| item.post.as_mut())
+        else {
+            return;
+        };
+        for status in ["200", "201"] {
+            if let Some(RefOr::T(response)) = create.responses.responses.get_mut(status) {
+                for (name, operation) in targets {
+                    let link = LinkBuilder::new()
+                        .operation_id(operation)
+                        .parameter("id", "$response.body#/id")
+                        .build();
+                    response.links.insert(name.to_string(), link.into());
+                }
+            }
+        }
     }
 }

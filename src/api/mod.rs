@@ -6,6 +6,7 @@
 //! `openapi/openapi.json` must match (see `tests/openapi.rs`).
 
 mod auth;
+mod body;
 mod dto;
 mod error;
 mod events;
@@ -14,6 +15,7 @@ mod ingest;
 mod jobs;
 mod pool;
 mod results;
+mod server;
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::token_digest;
 pub use error::{ApiError, Problem};
+pub use server::{ConnectionLimits, serve};
 
 use crate::events::EventBus;
 use crate::pool::PoolHandle;
@@ -51,6 +54,8 @@ pub struct AppState {
     pub pool: PoolHandle,
     pub events: EventBus,
     pub limits: Arc<Limits>,
+    /// One permit per byte of JSON request bodies held in memory (`--max-buffered-bytes`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     /// Workers in the pool (for the automatic chunksize).
     pub pool_size: usize,
     /// Cancelled when poold shuts down: long-polls and streams end.
@@ -73,7 +78,7 @@ pub struct AppState {
         (name = "pool", description = "The worker pool and its functions"),
         (name = "health", description = "Liveness and readiness"),
     ),
-    components(schemas(Problem, dto::ItemLogDto))
+    components(schemas(Problem, dto::ItemLogDto, events::Order))
 )]
 struct ApiDoc;
 
@@ -87,6 +92,7 @@ fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .split_for_parts();
     utoipa::Modify::modify(&auth::BearerOnV1, &mut spec);
+    utoipa::Modify::modify(&jobs::LinksFromCreate, &mut spec);
     (router, spec)
 }
 

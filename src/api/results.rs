@@ -4,7 +4,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -26,9 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
-    /// First item index to return (default 0).
+    /// First item index to return, 0 to 9223372036854775807 (default 0).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     offset: Option<u64>,
     /// Page size, 1 to 10000 (default 1000). Ignored for NDJSON, which streams every result.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
     /// First wait up to this many seconds (at most 300) for the job to finish: `Pool.map`.
     wait: Option<f64>,
@@ -46,6 +47,7 @@ pub struct ResultPage {
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", params(("id" = String, Path), ResultsQuery), responses(
     (status = 200, body = ResultPage, content_type = "application/json"),
     (status = 200, description = "One ResultDto per line", body = ResultDto, content_type = "application/x-ndjson"),
+    (status = 400, description = "`offset`, `limit` or `wait` out of range", body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
 async fn list_results(
@@ -55,20 +57,26 @@ async fn list_results(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let job = wait_for_job(&state, id, query.wait).await?;
     let offset = query.offset.unwrap_or(0);
-    let wants_ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/x-ndjson"));
-    if wants_ndjson {
-        return Ok(ndjson_results(state, id, offset));
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::InvalidRequest(format!(
+            "offset must be an item index from 0 to {}, got {offset}",
+            i64::MAX
+        )));
     }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::InvalidRequest(format!(
             "limit must be between 1 and {MAX_PAGE}, got {limit}"
         )));
+    }
+    let job = wait_for_job(&state, id, query.wait).await?;
+    let wants_ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    if wants_ndjson {
+        return Ok(ndjson_results(state, id, offset));
     }
     let results = state.store.results_by_index(id, offset, limit).await?;
     let after = results.last().map_or(offset, |r| r.index + 1);
@@ -84,10 +92,17 @@ async fn list_results(
 
 /// Stream every result from `offset` on, a page at a time: memory stays bounded.
 fn ndjson_results(state: AppState, id: JobId, offset: u64) -> Response {
+    let shutdown = state.shutdown.clone();
     let pages = futures::stream::unfold(Some(offset), move |from| {
         let store = state.store.clone();
+        let shutdown = shutdown.clone();
         async move {
             let from = from?;
+            if shutdown.is_cancelled() {
+                // An error, not an end: the client sees the download cut short, not complete.
+                let cut = std::io::Error::other("poold is shutting down");
+                return Some((Err(cut), None));
+            }
             match store.results_by_index(id, from, DEFAULT_PAGE).await {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
@@ -102,12 +117,12 @@ fn ndjson_results(state: AppState, id: JobId, offset: u64) -> Response {
                         );
                         body.push('\n');
                     }
-                    Some((Ok::<_, crate::store::Error>(body), next))
+                    Some((Ok(body), next))
                 }
-                Err(e) => Some((Err(e), None)),
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
             }
         }
     });
-    let body = axum::body::Body::from_stream(pages.map(|page| page.map_err(std::io::Error::other)));
+    let body = axum::body::Body::from_stream(pages);
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }

@@ -44,6 +44,58 @@ pub enum Error {
     Stopped,
 }
 
+/// Why a worker process exited, as `poold_worker_exits_total` counts it: it crashed (`Exit`,
+/// `Signal`, `Oom`), or poold stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It exited by itself with a status code.
+    Exit,
+    /// A signal poold did not send killed it.
+    Signal,
+    /// It died of an allocation failure over `--worker-memory-mb`.
+    Oom,
+    /// Its chunk ran past its time limit.
+    Timeout,
+    /// `--max-tasks-per-worker` was reached.
+    Recycle,
+    /// The job of its chunk was cancelled or failed.
+    Cancel,
+    /// It broke the worker protocol.
+    Protocol,
+    /// Its hello named another protocol version.
+    Refused,
+    /// poold is shutting down.
+    Shutdown,
+}
+
+impl ExitReason {
+    pub const ALL: [ExitReason; 9] = [
+        Self::Exit,
+        Self::Signal,
+        Self::Oom,
+        Self::Timeout,
+        Self::Recycle,
+        Self::Cancel,
+        Self::Protocol,
+        Self::Refused,
+        Self::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::Signal => "signal",
+            Self::Oom => "oom",
+            Self::Timeout => "timeout",
+            Self::Recycle => "recycle",
+            Self::Cancel => "cancel",
+            Self::Protocol => "protocol",
+            Self::Refused => "refused",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
     Starting,

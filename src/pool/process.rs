@@ -5,19 +5,23 @@
 //! reports), and one owns the `Child`: it parses stdout into protocol messages for the
 //! supervisor, and on [`WorkerProcess::stop`] sends SIGTERM to the group, then SIGKILL after a
 //! grace period. That task always reaps the child and reports one [`Event::Exited`], so no
-//! worker is ever left a zombie and the supervisor learns of every exit. A worker also exits by
-//! itself when its stdin closes, which is what happens if poold dies.
+//! worker is ever left a zombie and the supervisor learns of every exit. If poold itself dies
+//! (even `kill -9`), the kernel kills each worker at once (a parent-death signal set before
+//! exec), so no worker lives on to run a chunk that the next start runs again; a worker also
+//! exits by itself when its stdin closes.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use nix::sys::prctl::set_pdeathsig;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getppid};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -48,16 +52,39 @@ pub struct Origin {
 #[derive(Debug)]
 pub enum Event {
     Message(Origin, WorkerMessage),
+    /// It wrote a stdout line over the protocol's limit (dropped).
+    Overlong(Origin),
     Exited(Origin, Exit),
 }
 
 /// How a worker process ended.
 #[derive(Debug, Clone)]
 pub struct Exit {
-    /// "exit code 3", "signal 9 (SIGKILL)".
-    pub how: String,
+    pub how: ExitKind,
     /// The last lines it wrote to stderr.
     pub stderr_tail: String,
+}
+
+/// How a process ended, as the kernel reports it. Shown as "exit code 3", "signal 9 (SIGKILL)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    Code(i32),
+    Signal(i32),
+    /// Not known (it could not be waited for).
+    Unknown,
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(signal) => match Signal::try_from(signal) {
+                Ok(name) => write!(f, "signal {signal} ({name})"),
+                Err(_) => write!(f, "signal {signal}"),
+            },
+            Self::Unknown => f.write_str("unknown exit status"),
+        }
+    }
 }
 
 pub struct WorkerProcess {
@@ -102,15 +129,23 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(mb) = memory_limit_mb {
-        let bytes = mb.saturating_mul(1024 * 1024);
-        // SAFETY: between fork and exec the closure only makes the setrlimit system call,
-        // which is async-signal-safe, and allocates nothing.
-        unsafe {
-            builder.pre_exec(move || {
-                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)
-            });
-        }
+    let memory_limit = memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
+    let poold = Pid::this();
+    // SAFETY: between fork and exec the closure only makes system calls that are
+    // async-signal-safe (prctl, getppid, setrlimit) and allocates nothing.
+    unsafe {
+        builder.pre_exec(move || {
+            // Die with poold, even when it is killed with SIGKILL. (The signal follows the
+            // thread that forked: a tokio worker thread, which lives as long as poold's runtime.)
+            set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if getppid() != poold {
+                return Err(std::io::Error::other("poold exited during the spawn"));
+            }
+            if let Some(bytes) = memory_limit {
+                setrlimit(Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
     }
     let mut child = builder.spawn()?;
     let pid = child.id().expect("a just-spawned child has a pid");
@@ -178,6 +213,10 @@ async fn own_child(
             line = lines.next() => match line {
                 Some(Ok(Decoded::Message(message))) => { let _ = events.send(Event::Message(origin, message)); }
                 Some(Ok(Decoded::Garbage { error, excerpt })) => tracing::warn!(worker = origin.slot, %error, line = %excerpt, "skipping a stdout line that is not a protocol message"),
+                Some(Ok(Decoded::Overlong { excerpt })) => {
+                    tracing::warn!(worker = origin.slot, line = %excerpt, limit = MAX_LINE_BYTES, "a stdout line is over the protocol's limit; dropped");
+                    let _ = events.send(Event::Overlong(origin));
+                }
                 Some(Err(e)) => {
                     tracing::error!(worker = origin.slot, error = %e, "worker stdout unreadable; stopping it");
                     break true;
@@ -248,17 +287,17 @@ async fn read_stderr(
     }
 }
 
-fn describe(status: std::io::Result<ExitStatus>) -> String {
+fn describe(status: std::io::Result<ExitStatus>) -> ExitKind {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(signal)) => match Signal::try_from(signal) {
-                Ok(name) => format!("signal {signal} ({name})"),
-                Err(_) => format!("signal {signal}"),
-            },
-            (None, None) => "unknown exit status".to_string(),
+            (Some(code), _) => ExitKind::Code(code),
+            (None, Some(signal)) => ExitKind::Signal(signal),
+            (None, None) => ExitKind::Unknown,
         },
-        Err(e) => format!("could not be waited for: {e}"),
+        Err(e) => {
+            tracing::error!(error = %e, "a worker could not be waited for");
+            ExitKind::Unknown
+        }
     }
 }

@@ -99,7 +99,23 @@ impl Queue {
             .sum()
     }
 
-    /// Put a chunk back at the front of its job's window (after its worker was stopped).
+    /// A chunk of this job is out of flight (its result came, its worker died or was stopped):
+    /// the job, if it is still scheduled, for what happens to the chunk next.
+    pub fn landed(&mut self, id: JobId) -> Option<&mut ActiveJob> {
+        let job = self.get_mut(id)?;
+        job.in_flight -= 1;
+        Some(job)
+    }
+
+    /// Take a chunk out of flight and put it back at the front of its job's window, with its
+    /// attempts unchanged (its worker was stopped for a reason that is not the chunk's fault).
+    pub fn put_back(&mut self, id: JobId, pending: Pending) {
+        if let Some(job) = self.landed(id) {
+            job.ready.push_front(pending);
+        }
+    }
+
+    /// Put a chunk that is not in flight at the front of its job's window (a retry, a piece).
     pub fn requeue(&mut self, id: JobId, pending: Pending) {
         if let Some(job) = self.get_mut(id) {
             job.ready.push_front(pending);

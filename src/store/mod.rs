@@ -7,6 +7,7 @@
 //! jobs changed only after the commit: persist first, publish second. A small job's chunks are
 //! also kept in memory from its creation until the supervisor's first fetch (`fresh`).
 
+mod ops;
 mod readers;
 mod rows;
 mod writer;
@@ -37,8 +38,9 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database writer has stopped")]
     WriterGone,
-    #[error("the write batch failed to commit: {0}")]
-    Commit(String),
+    /// The database cannot be written now (`full`: the disk is full); see `writer`.
+    #[error("the database cannot be written: {message}")]
+    Storage { full: bool, message: String },
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
@@ -85,8 +87,8 @@ impl Store {
         let mut conn = options.connect().await?;
         sqlx::migrate!("./migrations").run(&mut conn).await?;
         fail_interrupted_uploads(&mut conn).await?;
-        let reader = Arc::new(Readers::open(&options.read_only(true), READERS).await?);
-        let (writer, task) = Writer::start(conn, on_commit);
+        let reader = Arc::new(Readers::open(&options.clone().read_only(true), READERS).await?);
+        let (writer, task) = Writer::start(conn, options, on_commit);
         let fresh = Arc::default();
         Ok((
             Self {
@@ -127,14 +129,14 @@ impl Store {
         Ok(())
     }
 
-    /// Store more chunks of a job whose upload is open (`chunks`: a JSON array of arrays of
-    /// items, numbered from `first_chunk`); `close` ends the upload, making the total final.
-    /// Returns false, storing nothing, when the job already ended (cancelled, failed).
+    /// Store more chunks of a job whose upload is open (`chunks`: a JSON array of
+    /// `[first item index, [items]]`, numbered from `first_chunk`); `close` ends the upload,
+    /// making the total final. Returns false, storing nothing, when the job already ended
+    /// (cancelled, failed).
     pub async fn append_chunks(
         &self,
         id: JobId,
         first_chunk: u64,
-        chunksize: u32,
         chunks: String,
         items: u64,
         close: bool,
@@ -142,7 +144,6 @@ impl Store {
         let op = Op::AppendChunks {
             id,
             first_chunk,
-            chunksize,
             chunks,
             items,
             close,
@@ -157,6 +158,12 @@ impl Store {
     /// Bytes of items and results sent to the writer and not yet committed.
     pub fn write_backlog(&self) -> usize {
         self.writer.backlog()
+    }
+
+    /// Why the database cannot be written, while writes fail for that reason (disk full, I/O
+    /// errors); None while they succeed.
+    pub fn write_failure(&self) -> Option<String> {
+        self.writer.failure()
     }
 
     /// Move a queued job to running. Fire-and-forget: ordered before later writes.
@@ -299,14 +306,24 @@ impl Store {
         ))
     }
 
-    /// Jobs the supervisor must run: queued or running, highest priority first.
-    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>> {
+    /// Jobs the supervisor must run: queued or running, highest priority first. A row that
+    /// cannot be read as a job comes as its id and why.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Result<Job, (JobId, String)>>> {
         let rows: Vec<JobRow> = sqlx::query_as(
             "select * from jobs where status in ('queued', 'running') order by priority desc, id",
         )
         .fetch_all(&mut *self.reader.acquire().await?)
         .await?;
-        rows.into_iter().map(Job::try_from).collect()
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let Some(id) = row.id() else {
+                    tracing::error!("a stored job has an unreadable id; it is left alone");
+                    return None;
+                };
+                Some(Job::try_from(row).map_err(|e| (id, e.to_string())))
+            })
+            .collect())
     }
 
     /// Up to `limit` queued chunks of a job with index above `after`, in order.
@@ -364,22 +381,50 @@ impl Store {
         .await
     }
 
-    /// Results in the order they were recorded, skipping the first `skip`.
+    /// Results in the order they were recorded: after `cursor` (from the previous page; None
+    /// to start from the beginning), skipping the first `skip` of those. Returns the page and
+    /// the cursor after its last result (None when the page is empty). Paging goes by the
+    /// cursor, so reading a job in completion order costs the same per page however far in.
     pub async fn results_by_completion(
         &self,
         id: JobId,
+        cursor: Option<u64>,
         skip: u64,
         limit: u32,
-    ) -> Result<Vec<ItemResult>> {
-        self.results_page(
-            "select json_group_array(json_array(item_index, value, error, log) order by position)
-             from (select item_index, value, error, log, rowid as position from results
-                   where job_id = ?1 order by rowid limit ?3 offset ?2)",
-            id,
-            skip,
-            limit,
+    ) -> Result<(Vec<ItemResult>, Option<u64>)> {
+        let mut conn = self.reader.acquire().await?;
+        let after = match cursor {
+            Some(cursor) => cursor as i64,
+            None => {
+                let (first,): (Option<i64>,) =
+                    sqlx::query_as("select min(rowid) from results where job_id = ?1")
+                        .bind(id.to_string())
+                        .fetch_one(&mut *conn)
+                        .await?;
+                first.map_or(i64::MAX, |first| first - 1)
+            }
+        };
+        // A range scan of the table by rowid (`not indexed`: the job's index would mean a sort
+        // of all its results per page), skipping other jobs' rows as it goes.
+        let (rows,): (String,) = sqlx::query_as(
+            "select json_group_array(json_array(item_index, value, error, log, position) order by position)
+             from (select item_index, value, error, log, rowid as position from results not indexed
+                   where rowid > ?2 and job_id = ?1 order by rowid limit ?3 offset ?4)",
         )
-        .await
+        .bind(id.to_string())
+        .bind(after)
+        .bind(limit)
+        .bind(skip as i64)
+        .fetch_one(&mut *conn)
+        .await?;
+        let rows: Vec<ResultRow> =
+            serde_json::from_str(&rows).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let cursor = rows.last().and_then(|row| row.4).map(|c| c as u64);
+        let results = rows
+            .into_iter()
+            .map(ItemResult::try_from)
+            .collect::<Result<_>>()?;
+        Ok((results, cursor))
     }
 
     /// A page of results read as one row: `sql` folds the page into a JSON array of
@@ -418,21 +463,20 @@ fn fresh_chunks(new: &NewJob) -> Option<Vec<Chunk>> {
     if json.len() > FRESH_BYTES {
         return None;
     }
-    let chunks: Vec<Box<RawValue>> = serde_json::from_str(json).ok()?;
+    let chunks: Vec<(u64, Box<RawValue>)> = serde_json::from_str(json).ok()?;
     if chunks.is_empty() {
         return None; // a streamed job: its chunks come later, through `append_chunks`
     }
-    let chunksize = u64::from(new.job.spec.chunksize);
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, items)| {
+        .map(|(i, (start_index, items))| {
             let size = serde_json::from_str::<Vec<&RawValue>>(items.get())
                 .ok()?
                 .len() as u64;
             Some(Chunk {
                 chunk_index: i as u64,
-                start_index: i as u64 * chunksize,
+                start_index,
                 size,
                 items,
             })

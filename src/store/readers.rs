@@ -31,6 +31,9 @@ pub struct Reader<'a> {
 
 impl Readers {
     pub async fn open(options: &SqliteConnectOptions, count: usize) -> Result<Self> {
+        // Readers mostly read pages once (a chunk's items, a page of results): a small page
+        // cache each is enough, and keeps the server's memory small (SQLite's default is 2 MiB).
+        let options = options.clone().pragma("cache_size", "-512");
         let mut idle = Vec::with_capacity(count);
         for _ in 0..count {
             idle.push(options.connect().await?);

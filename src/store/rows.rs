@@ -38,9 +38,16 @@ pub struct ChunkRow {
     items: String,
 }
 
-/// One element of a results page: `[index, value, error, log]` (see `Store::results_page`).
+/// One element of a results page: `[index, value, error, log]` (see `Store::results_page`),
+/// and in completion order the record's position.
 #[derive(serde::Deserialize)]
-pub struct ResultRow(i64, Option<String>, Option<String>, Option<String>);
+pub struct ResultRow(
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    #[serde(default)] pub Option<i64>,
+);
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Corrupt(what.to_string())
@@ -56,6 +63,13 @@ pub fn format_time(t: OffsetDateTime) -> String {
 
 fn parse_time(text: &str) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(corrupt)
+}
+
+impl JobRow {
+    /// The job's id, if it is readable.
+    pub fn id(&self) -> Option<crate::model::JobId> {
+        self.id.parse().ok()
+    }
 }
 
 impl TryFrom<JobRow> for Job {
@@ -102,7 +116,7 @@ impl TryFrom<ChunkRow> for Chunk {
 impl TryFrom<ResultRow> for ItemResult {
     type Error = Error;
     fn try_from(row: ResultRow) -> Result<Self, Error> {
-        let ResultRow(index, value, error, log) = row;
+        let ResultRow(index, value, error, log, _) = row;
         Ok(ItemResult {
             index: index as u64,
             value: value.map(json).transpose()?,

@@ -1,26 +1,37 @@
 //! The single writer: one task owns the one read-write connection and applies every write.
 //!
-//! Callers send [`Op`]s over a channel. The task takes all that are waiting (group commit) and
-//! applies them in one `BEGIN IMMEDIATE` transaction; consecutive job starts and chunk records
-//! are applied together by one query whatever their number (results go in through
-//! `json_each`, never one statement per item). Every query is a round trip to sqlx's
-//! connection thread, so the fewer the better: a batch of nothing but starts and records (the
-//! usual one while jobs run) is a single query that begins and commits its own transaction.
-//! Only after the commit does it answer the callers and call the commit hook with the jobs
-//! that changed. If a batch fails, its ops are retried one by one so that a bad op fails alone.
+//! Callers send [`Op`]s over a channel, either waiting for the commit ([`Writer::call`]) or not
+//! ([`Writer::send`]: job starts and chunk records from the supervisor). The task takes all that
+//! are waiting (group commit) and applies them in one transaction (the SQL is in `ops`). Only
+//! after the commit does it answer the callers and call the commit hook with the jobs that
+//! changed: persist first, publish second.
+//!
+//! When a write fails, what happens depends on why (see [`is_storage_failure`]):
+//! - **The database cannot be written** (disk full, I/O error, read-only, locked): nothing is
+//!   lost. The connection is dropped and reopened (a failed commit can leave it unusable),
+//!   waited writes get [`Error::Storage`] at once (the API answers 507 or 503), and unwaited
+//!   ones are kept, in order, and retried with a growing back-off until they go in; until then
+//!   the store reports the failure ([`Writer::failure`], `/readyz`). Retrying is safe: a chunk
+//!   is recorded only while it is still queued. The supervisor stops dispatching while the
+//!   kept writes grow (they count in [`Writer::backlog`]).
+//! - **The database refuses the data** (a malformed value): the batch's ops are applied one by
+//!   one so that the bad one fails alone. A chunk record the database refuses is recorded
+//!   again with every item failed as `unstorable_result`, so the job still ends.
 
-use std::collections::BTreeSet;
-use std::fmt::Write;
-use std::sync::Arc;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use sqlx::{Connection, SqliteConnection};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::rows::format_time;
-use super::{CommitHook, Error, Result};
+use super::{CommitHook, Error, Result, ops};
 use crate::model::{Job, JobId, JobStatus};
+use crate::protocol::{ItemOutcome, PooldError};
 
 /// The most ops folded into one transaction…
 const MAX_BATCH: usize = 1024;
@@ -28,14 +39,17 @@ const MAX_BATCH: usize = 1024;
 /// JSON at once, so this bounds the writer's memory however far behind it falls (larger
 /// batches measured no faster).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Back-off between retries of kept writes while the database cannot be written.
+const MIN_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
-/// A job to insert with its chunks: `chunks` is a JSON array of arrays of items (chunk 0
-/// first). With `job.ingesting`, more chunks follow through [`Op::AppendChunks`].
+/// A job to insert with its chunks (see `chunks`). With `job.ingesting`, more chunks follow
+/// through [`Op::AppendChunks`].
 pub struct NewJob {
     pub job: Job,
     /// The job's chunks in pieces of at most about 1 MiB (SQLite parses each piece's JSON
     /// separately, so a big job never costs one huge parse): `(first chunk index, JSON array
-    /// of chunks)`, each piece continuing the one before.
+    /// of [first item index, [items]] chunks)`, each piece continuing the one before.
     pub chunks: Vec<(u64, String)>,
     /// The client's `Idempotency-Key` and the hash of its request.
     pub idempotency: Option<Idempotency>,
@@ -61,7 +75,6 @@ pub enum Op {
     AppendChunks {
         id: JobId,
         first_chunk: u64,
-        chunksize: u32,
         chunks: String,
         items: u64,
         close: bool,
@@ -105,6 +118,39 @@ pub enum Outcome {
     Purged(u64),
 }
 
+impl Op {
+    /// The job whose stored state the op changes (a purge changes only jobs that are gone).
+    pub(super) fn job_id(&self) -> Option<JobId> {
+        match self {
+            Op::CreateJob(new) => Some(new.job.id),
+            Op::AppendChunks { id, .. }
+            | Op::MarkStarted { id, .. }
+            | Op::RecordChunk { id, .. }
+            | Op::FinishJob { id, .. }
+            | Op::DeleteJob { id } => Some(*id),
+            Op::PurgeFinished { .. } => None,
+        }
+    }
+
+    /// Roughly the bytes of JSON this op hands to SQLite.
+    pub(super) fn payload_bytes(&self) -> usize {
+        match self {
+            Op::CreateJob(new) => new.chunks.iter().map(|(_, json)| json.len()).sum(),
+            Op::AppendChunks { chunks, .. } => chunks.len(),
+            Op::RecordChunk { outcomes, .. } => outcomes.len(),
+            Op::MarkStarted { .. }
+            | Op::FinishJob { .. }
+            | Op::DeleteJob { .. }
+            | Op::PurgeFinished { .. } => 64,
+        }
+    }
+
+    /// Job starts and chunk records: applied together by one query (see `ops`).
+    pub(super) fn is_progress(&self) -> bool {
+        matches!(self, Op::MarkStarted { .. } | Op::RecordChunk { .. })
+    }
+}
+
 struct Request {
     op: Op,
     reply: Option<oneshot::Sender<Result<Outcome>>>,
@@ -115,23 +161,47 @@ pub struct Writer {
     tx: mpsc::UnboundedSender<Request>,
     /// Bytes of JSON sent and not yet applied (see [`Writer::backlog`]).
     backlog: Arc<AtomicUsize>,
+    /// Why writes are failing, while they are.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
+    /// Start the task on `conn`; `options` reopen it after a failure.
     pub fn start(
         conn: SqliteConnection,
+        options: SqliteConnectOptions,
         on_commit: CommitHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(conn, rx, on_commit, backlog.clone()));
-        (Self { tx, backlog }, task)
+        let writer = Self {
+            tx,
+            backlog: Arc::default(),
+            failure: Arc::default(),
+        };
+        let task = Task {
+            conn: Some(conn),
+            options,
+            rx,
+            on_commit,
+            backlog: writer.backlog.clone(),
+            failure: writer.failure.clone(),
+            kept: VecDeque::new(),
+            retry_at: None,
+            retry_after: MIN_RETRY,
+        };
+        (writer, tokio::spawn(task.run()))
     }
 
-    /// Bytes of items and results waiting for the writer. The channel is unbounded (senders
-    /// never block), so the supervisor checks this and stops dispatching while it is high.
+    /// Bytes of items and results waiting for the writer (kept writes included). The channel
+    /// is unbounded (senders never block), so the supervisor checks this and stops dispatching
+    /// while it is high.
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Why the database cannot be written, while the last write failed for that reason.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("writer failure").clone()
     }
 
     fn enqueue(&self, request: Request) -> Result<(), Request> {
@@ -162,446 +232,304 @@ impl Writer {
     }
 }
 
-async fn run(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+struct Task {
+    /// None after a failure, until it is reopened.
+    conn: Option<SqliteConnection>,
+    options: SqliteConnectOptions,
+    rx: mpsc::UnboundedReceiver<Request>,
     on_commit: CommitHook,
     backlog: Arc<AtomicUsize>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.op.payload_bytes();
-        let mut requests = vec![first];
-        while requests.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            let Ok(next) = rx.try_recv() else { break };
-            bytes += next.op.payload_bytes();
-            requests.push(next);
+    failure: Arc<Mutex<Option<String>>>,
+    /// Unwaited writes that failed because the database could not be written, oldest first:
+    /// retried (at `retry_at`) before anything newer is applied.
+    kept: VecDeque<Request>,
+    retry_at: Option<Instant>,
+    retry_after: Duration,
+}
+
+impl Task {
+    async fn run(mut self) {
+        while let Some(batch) = self.next_batch().await {
+            self.apply(batch).await;
         }
-        let mut changed = BTreeSet::new();
-        match apply_batch(&mut conn, &requests).await {
-            Ok(outcomes) => {
-                changed.extend(requests.iter().filter_map(|r| r.op.job_id()));
-                notify(&on_commit, &changed);
-                for (request, outcome) in requests.into_iter().zip(outcomes) {
-                    reply(request, Ok(outcome));
-                }
+        if !self.kept.is_empty() {
+            // Shutting down: one last try, then the chunks of what is left run again after
+            // the next start (they are still queued in the database).
+            let batch = std::mem::take(&mut self.kept).into();
+            self.apply(batch).await;
+            if !self.kept.is_empty() {
+                tracing::error!(
+                    writes = self.kept.len(),
+                    "database still not writable at shutdown; the chunks of results not \
+                     stored will run again after the next start"
+                );
             }
-            Err(e) if requests.len() == 1 => {
-                let request = requests.into_iter().next().expect("one request");
-                tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write failed");
-                reply(request, Err(e));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ops = requests.len(), "write batch failed; applying its ops one by one");
-                for request in requests {
-                    let one = std::slice::from_ref(&request);
-                    match apply_batch(&mut conn, one).await {
-                        Ok(mut outcome) => {
-                            changed.extend(request.op.job_id());
-                            reply(request, Ok(outcome.remove(0)));
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write failed");
-                            reply(request, Err(e));
+        }
+        if let Some(conn) = self.conn.take()
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing the database writer connection");
+        }
+    }
+
+    /// The next batch: kept writes first (at their retry time; waited writes that arrive
+    /// meanwhile are answered with the failure at once), then whatever is waiting. None when
+    /// every sender is gone.
+    async fn next_batch(&mut self) -> Option<Vec<Request>> {
+        while !self.kept.is_empty() {
+            let at = self.retry_at.unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {
+                    let mut batch = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(request) = self.kept.pop_front() {
+                        bytes += request.op.payload_bytes();
+                        batch.push(request);
+                        if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                            break;
                         }
                     }
+                    return Some(batch);
                 }
-                notify(&on_commit, &changed);
+                request = self.rx.recv() => {
+                    let request = request?;
+                    if request.reply.is_some() {
+                        let failure = self.failure.lock().expect("writer failure").clone();
+                        let failure = failure.unwrap_or_else(|| "the database cannot be written".into());
+                        self.done(request, Err(storage_error(&failure)));
+                    } else {
+                        self.kept.push_back(request);
+                    }
+                }
             }
         }
-        backlog.fetch_sub(bytes, Ordering::Relaxed);
+        let first = self.rx.recv().await?;
+        let mut bytes = first.op.payload_bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = self.rx.try_recv() else { break };
+            bytes += next.op.payload_bytes();
+            batch.push(next);
+        }
+        Some(batch)
     }
-    if let Err(e) = conn.close().await {
-        tracing::warn!(error = %e, "closing the database writer connection");
-    }
-}
 
-fn notify(on_commit: &CommitHook, changed: &BTreeSet<JobId>) {
-    if !changed.is_empty() {
-        on_commit(&changed.iter().copied().collect::<Vec<_>>());
+    /// Apply a batch in one transaction; on failure, see the module doc.
+    async fn apply(&mut self, batch: Vec<Request>) {
+        match self.try_apply(&batch).await {
+            Ok(outcomes) => self.applied(batch, outcomes),
+            Err(e) if is_storage_failure(&e) => {
+                self.storage_failed(&e);
+                // Keep the unwaited writes in their order, ahead of anything newer.
+                for request in batch.into_iter().rev() {
+                    self.fail(request, storage_error(&e.to_string()));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let request = batch.into_iter().next().expect("one request");
+                self.refused(request, e).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ops = batch.len(), "write batch failed; applying its ops one by one");
+                for request in batch {
+                    Box::pin(self.apply(vec![request])).await;
+                }
+            }
+        }
     }
-}
 
-fn reply(request: Request, outcome: Result<Outcome>) {
-    if let Some(reply) = request.reply {
-        let _ = reply.send(outcome);
+    async fn try_apply(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.options.connect().await?),
+        };
+        let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
+        let applied = ops::apply_batch(conn, &ops).await;
+        if applied.is_err() {
+            // A failed commit can leave sqlx's transaction state wedged: start afresh.
+            if let Some(conn) = self.conn.take() {
+                let _ = conn.close().await;
+            }
+        }
+        applied
     }
-}
 
-/// Apply requests in one transaction; one outcome per request, or the first error.
-async fn apply_batch(conn: &mut SqliteConnection, requests: &[Request]) -> Result<Vec<Outcome>> {
-    if requests.iter().all(|r| r.op.is_progress()) {
-        // The common batch while jobs run: its transaction is part of the one query.
-        return record_progress(conn, requests, Wrap::Transaction).await;
+    fn applied(&mut self, batch: Vec<Request>, outcomes: Vec<Outcome>) {
+        if self
+            .failure
+            .lock()
+            .expect("writer failure")
+            .take()
+            .is_some()
+        {
+            tracing::info!("database writes succeed again");
+        }
+        self.retry_after = MIN_RETRY;
+        let changed: BTreeSet<JobId> = batch.iter().filter_map(|r| r.op.job_id()).collect();
+        if !changed.is_empty() {
+            (self.on_commit)(&changed.into_iter().collect::<Vec<_>>());
+        }
+        for (request, outcome) in batch.into_iter().zip(outcomes) {
+            self.done(request, Ok(outcome));
+        }
     }
-    let mut tx = conn.begin_with("begin immediate").await?;
-    let mut outcomes = Vec::with_capacity(requests.len());
-    // Consecutive chunk records go together; other ops one at a time, in order.
-    let runs = requests.chunk_by(|a, b| a.op.is_progress() && b.op.is_progress());
-    for run in runs {
-        if run[0].op.is_progress() {
-            outcomes.extend(record_progress(&mut tx, run, Wrap::None).await?);
+
+    /// The database could not be written: report it and schedule the retry of kept writes.
+    fn storage_failed(&mut self, e: &Error) {
+        let mut failure = self.failure.lock().expect("writer failure");
+        if failure.is_none() {
+            tracing::error!(error = %e, "the database cannot be written; new jobs are refused \
+                and results are kept in memory until it can");
+        }
+        *failure = Some(e.to_string());
+        self.retry_at = Some(Instant::now() + self.retry_after);
+        self.retry_after = (self.retry_after * 2).min(MAX_RETRY);
+    }
+
+    /// A write of a batch that failed because the database cannot be written: a waited one
+    /// gets the error; an unwaited one is kept for the retry (at the front: it is older than
+    /// any kept write).
+    fn fail(&mut self, request: Request, error: Error) {
+        if request.reply.is_some() {
+            self.done(request, Err(error));
         } else {
-            for request in run {
-                outcomes.push(apply(&mut tx, &request.op).await?);
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-impl Op {
-    /// The job whose stored state the op changes (a purge changes only jobs that are gone).
-    fn job_id(&self) -> Option<JobId> {
-        match self {
-            Op::CreateJob(new) => Some(new.job.id),
-            Op::AppendChunks { id, .. }
-            | Op::MarkStarted { id, .. }
-            | Op::RecordChunk { id, .. }
-            | Op::FinishJob { id, .. }
-            | Op::DeleteJob { id } => Some(*id),
-            Op::PurgeFinished { .. } => None,
+            self.kept.push_front(request);
         }
     }
 
-    /// Roughly the bytes of JSON this op hands to SQLite.
-    fn payload_bytes(&self) -> usize {
-        match self {
-            Op::CreateJob(new) => new.chunks.iter().map(|(_, json)| json.len()).sum(),
-            Op::AppendChunks { chunks, .. } => chunks.len(),
-            Op::RecordChunk { outcomes, .. } => outcomes.len(),
-            Op::MarkStarted { .. }
-            | Op::FinishJob { .. }
-            | Op::DeleteJob { .. }
-            | Op::PurgeFinished { .. } => 64,
+    /// A single write the database refused for its data. A waited one gets the error; a chunk
+    /// record is recorded again with every item failed (and if even that is refused, its job
+    /// fails), so that the job still ends; anything else is dropped (and logged).
+    async fn refused(&mut self, request: Request, e: Error) {
+        tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write refused");
+        if request.reply.is_some() {
+            return self.done(request, Err(e));
         }
-    }
-
-    /// Job starts and chunk records: applied together by [`record_progress`].
-    fn is_progress(&self) -> bool {
-        matches!(self, Op::MarkStarted { .. } | Op::RecordChunk { .. })
-    }
-}
-
-/// Whether [`record_progress`] runs inside the caller's transaction or brings its own.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wrap {
-    None,
-    Transaction,
-}
-
-/// The progress query (see [`record_progress`]), optionally in its own transaction: a
-/// constant string either way, so both stay in sqlx's statement cache. sqlx binds a
-/// statement's parameters by their numbers, but fills a statement's *unused* lower numbers
-/// positionally (and may stop binding there), so every statement uses ?1.
-macro_rules! progress_sql {
-    ($begin:literal, $commit:literal) => {
-        concat!(
-            $begin,
-            "update jobs set status = 'running', started_at = s.value ->> 1
-             from json_each(?1, '$.starts') as s
-             where jobs.id = s.value ->> 0 and jobs.status = 'queued';
-
-             -- `r` is materialized, so each chunk's object is parsed once, not once per item.
-             with r as materialized (
-                 select value ->> 'job' as job, value ->> 'chunk' as chunk, value ->> 'start' as start,
-                        value -> 'outcomes' as outcomes
-                 from json_each(?2) where ?1 is not null)
-             insert into results (job_id, item_index, value, error, log)
-             select r.job, r.start + o.key,
-                    case when o.value -> 'error' is null then coalesce(o.value -> 'value', 'null') end,
-                    o.value -> 'error',
-                    o.value ->> 'log'
-             from r
-             join chunks as c on c.job_id = r.job and c.chunk_index = r.chunk and c.status = 'queued',
-                  json_each(r.outcomes) as o;
-
-             update jobs set
-                done = jobs.done + c.items,
-                failed = jobs.failed + c.errors,
-                status = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                                   and jobs.ingesting = 0
-                              then 'completed' else jobs.status end,
-                finished_at = case when jobs.done + c.items >= jobs.total and jobs.status in ('queued', 'running')
-                                   and jobs.ingesting = 0
-                                   then ?1 ->> '$.at' else jobs.finished_at end
-             from (select h.value ->> 0 as job_id, sum(h.value ->> 2) as items, sum(h.value ->> 3) as errors
-                   from json_each(?1, '$.heads') as h
-                   join chunks as q on q.job_id = h.value ->> 0 and q.chunk_index = h.value ->> 1
-                                    and q.status = 'queued'
-                   group by 1) as c
-             where jobs.id = c.job_id;
-
-             update chunks set status = 'done'
-             where status = 'queued'
-               and (job_id, chunk_index) in (select value ->> 0, value ->> 1 from json_each(?1, '$.heads'));",
-            $commit
-        )
-    };
-}
-
-/// Apply a run of job starts and chunk records in one round trip to the connection's thread,
-/// whatever their number: one query of four statements that move the started jobs to running,
-/// insert the results of the chunks that are still queued (a chunk already recorded, or of a
-/// job that ended, is skipped), move their jobs' counters (completing a job at its total), and
-/// only then mark those chunks done. The starts go first: that keeps each job's order, as a job
-/// is started before any of its chunks is sent to a worker. A chunk recorded twice in one run
-/// fails the batch on the results' unique index, and the one-by-one retry then skips the second.
-///
-/// With [`Wrap::Transaction`] the query also begins and commits the transaction (two round
-/// trips fewer), and rolls it back if a statement fails.
-async fn record_progress(
-    conn: &mut SqliteConnection,
-    run: &[Request],
-    wrap: Wrap,
-) -> Result<Vec<Outcome>> {
-    // ?1, small: {"at": recorded_at, "starts": [[job, started_at], …],
-    // "heads": [[job, chunk, size, failed], …]} for the starts, the counters and the claim.
-    // ?2: the outcomes, with each chunk's key and first item index, for the results.
-    let mut at = None;
-    let mut starts = String::new();
-    let mut heads = String::new();
-    let mut outcomes = String::from("[");
-    for request in run {
-        match &request.op {
-            Op::MarkStarted { id, at } => {
-                if !starts.is_empty() {
-                    starts.push(',');
-                }
-                let _ = write!(starts, r#"["{id}","{}"]"#, format_time(*at));
-            }
+        let fallbacks = match &request.op {
             Op::RecordChunk {
                 id,
                 chunk_index,
                 start_index,
                 size,
-                outcomes: chunk_outcomes,
-                failed,
-                at: when,
-            } => {
-                at = Some(*when);
-                if !heads.is_empty() {
-                    heads.push(',');
-                    outcomes.push(',');
+                at,
+                ..
+            } => vec![
+                unstorable(*id, *chunk_index, *start_index, *size, &e, *at),
+                Op::FinishJob {
+                    id: *id,
+                    status: JobStatus::Failed,
+                    error: Some(format!("its results could not be stored: {e}")),
+                    at: *at,
+                },
+            ],
+            _ => Vec::new(),
+        };
+        self.done(request, Err(e));
+        for op in fallbacks {
+            self.backlog
+                .fetch_add(op.payload_bytes(), Ordering::Relaxed);
+            let batch = vec![Request { op, reply: None }];
+            match self.try_apply(&batch).await {
+                Ok(outcomes) => return self.applied(batch, outcomes),
+                Err(e) if is_storage_failure(&e) => {
+                    self.storage_failed(&e);
+                    return self.kept.extend(batch);
                 }
-                let _ = write!(heads, r#"["{id}",{chunk_index},{size},{failed}]"#);
-                let _ = write!(
-                    outcomes,
-                    r#"{{"job":"{id}","chunk":{chunk_index},"start":{start_index},"outcomes":{chunk_outcomes}}}"#
-                );
+                Err(e) => {
+                    tracing::error!(error = %e, "database write refused");
+                    batch
+                        .into_iter()
+                        .for_each(|r| self.done(r, Ok(Outcome::Done)));
+                }
             }
-            _ => unreachable!("only starts and chunk records are grouped"),
         }
     }
-    outcomes.push(']');
-    let at = at.map_or_else(
-        || "null".to_string(),
-        |at| format!(r#""{}""#, format_time(at)),
+
+    /// The write is finished with (applied, or failed for good): answer it, uncount it.
+    fn done(&self, request: Request, outcome: Result<Outcome>) {
+        self.backlog
+            .fetch_sub(request.op.payload_bytes(), Ordering::Relaxed);
+        if let Some(reply) = request.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// The record of a chunk whose every item failed as `unstorable_result`.
+fn unstorable(
+    id: JobId,
+    chunk_index: u64,
+    start_index: u64,
+    size: u64,
+    e: &Error,
+    at: OffsetDateTime,
+) -> Op {
+    let outcome = ItemOutcome::failed(
+        PooldError::UnstorableResult,
+        format!("the database refused this item's chunk of results: {e}"),
     );
-    let small = format!(r#"{{"at":{at},"starts":[{starts}],"heads":[{heads}]}}"#);
-    let sql = match wrap {
-        Wrap::None => progress_sql!("", ""),
-        Wrap::Transaction => progress_sql!("begin immediate;\n", "\ncommit;"),
-    };
-    let applied = sqlx::query(sql)
-        .bind(&small)
-        .bind(&outcomes)
-        .execute(&mut *conn)
-        .await;
-    if let Err(e) = applied {
-        if wrap == Wrap::Transaction {
-            // A failed statement leaves the transaction open (or none was begun: then this
-            // fails too, harmlessly).
-            let _ = sqlx::query("rollback").execute(&mut *conn).await;
-        }
-        return Err(e.into());
-    }
-    // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
-    Ok(run.iter().map(|_| Outcome::Done).collect())
-}
-
-/// Every op but job starts and chunk records (see [`record_progress`]).
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Outcome> {
-    match op {
-        Op::CreateJob(new) => create_job(conn, new).await,
-        Op::AppendChunks {
-            id,
-            first_chunk,
-            chunksize,
-            chunks,
-            items,
-            close,
-            at,
-        } => {
-            let id = id.to_string();
-            let open = sqlx::query(
-                "update jobs set total = total + ?2, ingesting = not ?3
-                 where id = ?1 and ingesting = 1 and status in ('queued', 'running')",
-            )
-            .bind(&id)
-            .bind(*items as i64)
-            .bind(*close)
-            .execute(&mut *conn)
-            .await?;
-            if open.rows_affected() == 0 {
-                return Ok(Outcome::Changed(false)); // cancelled or failed during the upload
-            }
-            insert_chunks(conn, &id, *first_chunk, *chunksize, chunks).await?;
-            if *close {
-                // Every item may already have its result.
-                sqlx::query(
-                    "update jobs set status = 'completed', started_at = coalesce(started_at, ?2),
-                            finished_at = ?2
-                     where id = ?1 and status in ('queued', 'running') and done >= total",
-                )
-                .bind(&id)
-                .bind(format_time(*at))
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(Outcome::Changed(true))
-        }
-        Op::MarkStarted { .. } | Op::RecordChunk { .. } => {
-            unreachable!("job starts and chunk records go through record_progress")
-        }
-        Op::FinishJob {
-            id,
-            status,
-            error,
-            at,
-        } => {
-            debug_assert!(matches!(status, JobStatus::Failed | JobStatus::Cancelled));
-            let id = id.to_string();
-            let ended = sqlx::query(
-                "update jobs set status = ?2, error = ?3, finished_at = ?4, ingesting = 0
-                 where id = ?1 and status in ('queued', 'running')",
-            )
-            .bind(&id)
-            .bind(status.as_str())
-            .bind(error.as_deref())
-            .bind(format_time(*at))
-            .execute(&mut *conn)
-            .await?;
-            if ended.rows_affected() == 0 {
-                return Ok(Outcome::Changed(false));
-            }
-            sqlx::query(
-                "update chunks set status = 'cancelled' where job_id = ?1 and status = 'queued'",
-            )
-            .bind(&id)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Changed(true))
-        }
-        Op::DeleteJob { id } => {
-            let id = id.to_string();
-            let status: Option<(String,)> = sqlx::query_as("select status from jobs where id = ?1")
-                .bind(&id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some((status,)) = status else {
-                return Ok(Outcome::Deleted(DeleteOutcome::NotFound));
-            };
-            if !status
-                .parse::<JobStatus>()
-                .map_err(Error::Corrupt)?
-                .is_finished()
-            {
-                return Ok(Outcome::Deleted(DeleteOutcome::NotFinished));
-            }
-            for sql in [
-                "delete from results where job_id = ?1",
-                "delete from chunks where job_id = ?1",
-                "delete from jobs where id = ?1",
-            ] {
-                sqlx::query(sql).bind(&id).execute(&mut *conn).await?;
-            }
-            Ok(Outcome::Deleted(DeleteOutcome::Deleted))
-        }
-        Op::PurgeFinished { before } => {
-            // The expired jobs' results and chunks first, then the jobs, with one cutoff.
-            let cutoff = format_time(*before);
-            for sql in [
-                "delete from results where job_id in (select id from jobs
-                    where status in ('completed', 'failed', 'cancelled')
-                      and julianday(finished_at) < julianday(?1))",
-                "delete from chunks where job_id in (select id from jobs
-                    where status in ('completed', 'failed', 'cancelled')
-                      and julianday(finished_at) < julianday(?1))",
-            ] {
-                sqlx::query(sql).bind(&cutoff).execute(&mut *conn).await?;
-            }
-            let jobs = sqlx::query(
-                "delete from jobs where status in ('completed', 'failed', 'cancelled')
-                   and julianday(finished_at) < julianday(?1)",
-            )
-            .bind(&cutoff)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Outcome::Purged(jobs.rows_affected()))
-        }
+    let outcomes = vec![outcome; size as usize];
+    Op::RecordChunk {
+        id,
+        chunk_index,
+        start_index,
+        size,
+        outcomes: serde_json::to_string(&outcomes).expect("outcomes serialize"),
+        failed: size,
+        at,
     }
 }
 
-async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome> {
-    let NewJob {
-        job,
-        chunks,
-        idempotency,
-    } = new;
-    let spec = &job.spec;
-    let id = job.id.to_string();
-    sqlx::query(
-        "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
-                           priority, metadata, status, total, created_at, started_at, finished_at,
-                           idempotency_key, request_hash, ingesting)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )
-    .bind(&id)
-    .bind(&spec.function)
-    .bind(spec.kwargs.get())
-    .bind(spec.star)
-    .bind(spec.chunksize)
-    .bind(spec.timeout_s)
-    .bind(spec.max_attempts)
-    .bind(spec.on_error.as_str())
-    .bind(spec.priority)
-    .bind(spec.metadata.get())
-    .bind(job.status.as_str())
-    .bind(job.total as i64)
-    .bind(format_time(job.created_at))
-    .bind(job.started_at.map(format_time))
-    .bind(job.finished_at.map(format_time))
-    .bind(idempotency.as_ref().map(|i| i.key.as_str()))
-    .bind(idempotency.as_ref().map(|i| i.request_hash.as_str()))
-    .bind(job.ingesting)
-    .execute(&mut *conn)
-    .await?;
-    for (first_chunk, piece) in chunks {
-        insert_chunks(conn, &id, *first_chunk, spec.chunksize, piece).await?;
+fn storage_error(message: &str) -> Error {
+    Error::Storage {
+        full: message.contains("database or disk is full"),
+        message: message.to_string(),
     }
-    Ok(Outcome::Done)
 }
 
-/// Insert a JSON array of chunks (arrays of items) as chunks `first_chunk`, `first_chunk + 1`, …
-/// Every chunk but a job's last holds `chunksize` items, so chunk k starts at item k × chunksize.
-async fn insert_chunks(
-    conn: &mut SqliteConnection,
-    id: &str,
-    first_chunk: u64,
-    chunksize: u32,
-    chunks: &str,
-) -> Result<()> {
-    sqlx::query(
-        "insert into chunks (job_id, chunk_index, start_index, size, items, status)
-         select ?1, ?2 + key, (?2 + key) * ?3, json_array_length(value), value, 'queued'
-         from json_each(?4)",
-    )
-    .bind(id)
-    .bind(first_chunk as i64)
-    .bind(chunksize)
-    .bind(chunks)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// Whether a write failed because the database cannot be written now (disk full, I/O error,
+/// read-only, locked, out of memory), as opposed to refusing this write's data. The first
+/// kind passes; the second does not.
+pub fn is_storage_failure(e: &Error) -> bool {
+    use sqlx::error::ErrorKind;
+    match e {
+        Error::Storage { .. } | Error::WriterGone => true,
+        Error::Database(sqlx::Error::Database(db)) => {
+            // SQLite's primary result codes (the low byte of an extended code).
+            const BUSY: i32 = 5;
+            const LOCKED: i32 = 6;
+            const NOMEM: i32 = 7;
+            const READONLY: i32 = 8;
+            const IOERR: i32 = 10;
+            const CORRUPT: i32 = 11;
+            const FULL: i32 = 13;
+            const CANTOPEN: i32 = 14;
+            const PROTOCOL: i32 = 15;
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
+            matches!(db.kind(), ErrorKind::Other)
+                && code.is_some_and(|c| {
+                    matches!(
+                        c,
+                        BUSY | LOCKED
+                            | NOMEM
+                            | READONLY
+                            | IOERR
+                            | CORRUPT
+                            | FULL
+                            | CANTOPEN
+                            | PROTOCOL
+                    )
+                })
+        }
+        Error::Database(
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        _ => false,
+    }
 }

@@ -59,31 +59,53 @@ fn write_line(out: &mut impl Write, message: &WorkerMessage) -> io::Result<()> {
     out.flush()
 }
 
+/// Run each item of a task. Items and kwargs are parsed here, one by one, so that one this
+/// worker cannot read fails alone, as an item error.
 fn run_task(task: &Task) -> Vec<ItemOutcome> {
+    let kwargs = match task
+        .kwargs
+        .as_deref()
+        .map(|k| serde_json::from_str(k.get()))
+    {
+        None => Ok(serde_json::Map::new()),
+        Some(Ok(kwargs)) => Ok(kwargs),
+        Some(Err(e)) => Err(ItemError::new(
+            "ValueError",
+            format!("the job's kwargs cannot be read: {e}"),
+        )),
+    };
     task.items
         .iter()
         .map(|item| {
-            let args = match (task.star, item.clone()) {
-                (true, Value::Array(args)) => Ok(args),
-                (true, other) => Err(ItemError::new(
-                    "TypeError",
-                    format!("star=true needs each item to be an array of arguments, got {other}"),
-                )),
-                (false, item) => Ok(vec![item]),
+            let kwargs = kwargs.as_ref().map_err(Clone::clone)?;
+            let item: Value = serde_json::from_str(item.get()).map_err(|e| {
+                ItemError::new("ValueError", format!("the item cannot be read: {e}"))
+            })?;
+            let args = match (task.star, item) {
+                (true, Value::Array(args)) => args,
+                (true, other) => {
+                    return Err(ItemError::new(
+                        "TypeError",
+                        format!(
+                            "star=true needs each item to be an array of arguments, got {other}"
+                        ),
+                    ));
+                }
+                (false, item) => vec![item],
             };
-            let outcome = args.and_then(|args| builtins::call(&task.function, args, &task.kwargs));
-            match outcome {
-                Ok(value) => ItemOutcome {
-                    value: Some(RawValue::from_string(value.to_string()).expect("valid JSON")),
-                    error: None,
-                    log: None,
-                },
-                Err(error) => ItemOutcome {
-                    value: None,
-                    error: Some(error),
-                    log: None,
-                },
-            }
+            builtins::call(&task.function, args, kwargs)
+        })
+        .map(|outcome| match outcome {
+            Ok(value) => ItemOutcome {
+                value: Some(RawValue::from_string(value.to_string()).expect("valid JSON")),
+                error: None,
+                log: None,
+            },
+            Err(error) => ItemOutcome {
+                value: None,
+                error: Some(error),
+                log: None,
+            },
         })
         .collect()
 }

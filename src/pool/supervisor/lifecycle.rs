@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{InFlight, MAX_BACKOFF, MIN_BACKOFF, SlotState, Supervisor};
-use crate::pool::process::{self, Event, Exit, Origin};
-use crate::protocol::{FunctionInfo, PROTOCOL_VERSION};
+use crate::pool::ExitReason;
+use crate::pool::process::{self, Event, Exit, ExitKind, Origin};
+use crate::protocol::{FunctionInfo, PROTOCOL_VERSION, PooldError};
 
 impl Supervisor {
     pub(super) fn next_restart(&self) -> Option<Instant> {
@@ -68,7 +69,7 @@ impl Supervisor {
 
     /// Stop a worker on purpose (`reason` is counted when it exits); its other jobs' chunks go
     /// back to their queues.
-    pub(super) fn stop_slot(&mut self, index: usize, reason: &'static str) {
+    pub(super) fn stop_slot(&mut self, index: usize, reason: ExitReason) {
         let slot = &mut self.slots[index];
         if let Some(process) = slot.process.as_mut() {
             process.stop();
@@ -76,10 +77,7 @@ impl Supervisor {
         slot.stop_reason.get_or_insert(reason);
         slot.state = SlotState::Stopping;
         for flight in slot.in_flight.drain(..) {
-            if let Some(job) = self.queue.get_mut(flight.job) {
-                job.in_flight -= 1;
-                self.queue.requeue(flight.job, flight.pending);
-            }
+            self.queue.put_back(flight.job, flight.pending);
         }
     }
 
@@ -98,7 +96,7 @@ impl Supervisor {
             tracing::error!(worker = index, pid, "{error}");
             self.last_error = Some(error);
             self.slots[index].refused = true;
-            self.stop_slot(index, "refused");
+            self.stop_slot(index, ExitReason::Refused);
             return;
         }
         tracing::info!(
@@ -131,10 +129,10 @@ impl Supervisor {
         let stop_reason = slot.stop_reason.take();
         crate::metrics::worker_exited(match stop_reason {
             Some(reason) => reason,
-            None if self.draining => "shutdown",
-            None if out_of_memory => "oom",
-            None if exit.how.starts_with("signal") => "signal",
-            None => "exit",
+            None if self.draining => ExitReason::Shutdown,
+            None if out_of_memory => ExitReason::Oom,
+            None if matches!(exit.how, ExitKind::Signal(_)) => ExitReason::Signal,
+            None => ExitReason::Exit,
         });
         if expected {
             tracing::info!(worker = index, pid, how = %exit.how, "worker stopped");
@@ -158,10 +156,7 @@ impl Supervisor {
             self.chunk_crashed(culprit, &exit);
         }
         for flight in flights {
-            if let Some(job) = self.queue.get_mut(flight.job) {
-                job.in_flight -= 1;
-                self.queue.requeue(flight.job, flight.pending);
-            }
+            self.queue.put_back(flight.job, flight.pending);
         }
         if !self.draining {
             self.restart_due();
@@ -169,22 +164,11 @@ impl Supervisor {
     }
 
     /// A worker died running this chunk: retry it, or narrow it down to the item that kills
-    /// workers and fail that one as `worker_exited`.
-    fn chunk_crashed(&mut self, mut flight: InFlight, exit: &Exit) {
-        let Some(job) = self.queue.get_mut(flight.job) else {
-            return;
-        };
-        let _span = job.span.clone().entered();
-        job.in_flight -= 1;
-        flight.pending.attempts += 1;
-        if flight.pending.attempts < job.spec.max_attempts {
-            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, attempts = flight.pending.attempts, "retrying chunk");
-            self.queue.requeue(flight.job, flight.pending);
-            return;
-        }
-        let (code, mut message) = match self.out_of_memory(exit) {
+    /// workers and fail that one as `worker_exited` (or `out_of_memory`).
+    fn chunk_crashed(&mut self, flight: InFlight, exit: &Exit) {
+        let (kind, mut message) = match self.out_of_memory(exit) {
             Some(mb) => (
-                "out_of_memory",
+                PooldError::OutOfMemory,
                 format!(
                     "the worker process ran out of memory (its limit is {mb} MiB, \
                      --worker-memory-mb) and exited ({}) while running this item's chunk",
@@ -192,7 +176,7 @@ impl Supervisor {
                 ),
             ),
             None => (
-                "worker_exited",
+                PooldError::WorkerExited,
                 format!(
                     "the worker process exited ({}) while running this item's chunk",
                     exit.how
@@ -203,7 +187,29 @@ impl Supervisor {
             message.push_str("; its stderr ended with:\n");
             message.push_str(&exit.stderr_tail);
         }
-        self.chunk_went_wrong(flight.job, flight.pending, code, message);
+        self.chunk_failed_attempt(flight, kind, message);
+    }
+
+    /// A run of this chunk failed through no fault of an item's own result (its worker died or
+    /// broke the protocol): count the attempt and retry it, or, out of attempts, narrow it
+    /// down to the guilty item and fail that one with `kind` and `message`.
+    pub(super) fn chunk_failed_attempt(
+        &mut self,
+        mut flight: InFlight,
+        kind: PooldError,
+        message: String,
+    ) {
+        let Some(job) = self.queue.landed(flight.job) else {
+            return;
+        };
+        let _span = job.span.clone().entered();
+        flight.pending.attempts += 1;
+        if flight.pending.attempts < job.spec.max_attempts {
+            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, attempts = flight.pending.attempts, "retrying chunk");
+            self.queue.requeue(flight.job, flight.pending);
+            return;
+        }
+        self.chunk_went_wrong(flight.job, flight.pending, kind, message);
     }
 
     /// The memory limit (MiB) a dead worker ran out of: set only with `--worker-memory-mb` and
@@ -226,7 +232,7 @@ impl Supervisor {
             .is_some_and(|max| slot.tasks_sent >= max);
         if spent && slot.in_flight.is_empty() && slot.state == SlotState::Ready {
             tracing::info!(worker = index, tasks = slot.tasks_sent, "recycling worker");
-            self.stop_slot(index, "recycle");
+            self.stop_slot(index, ExitReason::Recycle);
         }
     }
 

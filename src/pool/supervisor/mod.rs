@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{Event, WorkerProcess};
 use super::queue::{Pending, Queue};
-use super::{Command, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
-use crate::model::JobId;
-use crate::protocol::{FunctionInfo, ItemOutcome, PooldMessage, WorkerMessage};
+use super::{Command, ExitReason, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
+use crate::model::{JobId, JobStatus};
+use crate::protocol::{FunctionInfo, ItemOutcome, PooldError, PooldMessage, WorkerMessage};
 use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
@@ -36,7 +36,7 @@ const PIPELINE_BELOW: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Dispatch pauses while more than this many bytes of results wait for the database writer,
 /// so that fast workers and a slow disk cannot fill memory with unrecorded results…
-const MAX_WRITE_BACKLOG: usize = 8 << 20;
+const MAX_WRITE_BACKLOG: usize = 2 << 20;
 /// …and checks again this often.
 const THROTTLE_RECHECK: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ struct Slot {
     /// Its process was refused (protocol mismatch): respawn only after the back-off.
     refused: bool,
     /// Why poold told its process to stop (for the exit metric), until it exits.
-    stop_reason: Option<&'static str>,
+    stop_reason: Option<ExitReason>,
 }
 
 struct Supervisor {
@@ -176,6 +176,9 @@ impl Slot {
 }
 
 impl Supervisor {
+    /// Schedule the stored unfinished jobs. A job that cannot be read, or that is outside
+    /// today's limits (see `crate::limits::check_stored`), is failed with the reason rather
+    /// than run (or left to fail every start).
     async fn resume_unfinished_jobs(&mut self) {
         let jobs = match self.store.unfinished_jobs().await {
             Ok(jobs) => jobs,
@@ -185,6 +188,25 @@ impl Supervisor {
             }
         };
         for job in jobs {
+            let job = job.and_then(|job| match crate::limits::check_stored(&job.spec) {
+                Ok(()) => Ok(job),
+                Err(why) => Err((job.id, why)),
+            });
+            let job = match job {
+                Ok(job) => job,
+                Err((id, why)) => {
+                    tracing::error!(job.id = %id, reason = %why, "failing a stored job that cannot run");
+                    let error = format!("the stored job cannot run: {why}");
+                    if let Err(e) = self
+                        .store
+                        .finish_job(id, JobStatus::Failed, Some(error))
+                        .await
+                    {
+                        tracing::error!(job.id = %id, error = %e, "could not fail the job");
+                    }
+                    continue;
+                }
+            };
             match self.store.count_queued_chunks(job.id).await {
                 Ok(queued) => {
                     tracing::info!(job.id = %job.id, queued_chunks = queued, "resuming job");
@@ -220,20 +242,22 @@ impl Supervisor {
         self.splits.retain(|(job, _), _| *job != id);
         for slot in 0..self.slots.len() {
             if self.slots[slot].in_flight.iter().any(|f| f.job == id) {
-                self.stop_slot(slot, "cancel");
+                self.stop_slot(slot, ExitReason::Cancel);
             }
         }
     }
 
     async fn handle_event(&mut self, event: Event) {
         let origin = match &event {
-            Event::Message(origin, _) | Event::Exited(origin, _) => *origin,
+            Event::Message(origin, _) | Event::Overlong(origin) | Event::Exited(origin, _) => {
+                *origin
+            }
         };
         let slot = &self.slots[origin.slot];
         if slot.generation != origin.generation {
             return; // about a process this slot already replaced
         }
-        if slot.state == SlotState::Stopping && matches!(event, Event::Message(..)) {
+        if slot.state == SlotState::Stopping && !matches!(event, Event::Exited(..)) {
             return; // its chunks went back to their queues when it was told to stop
         }
         match event {
@@ -248,6 +272,7 @@ impl Supervisor {
             Event::Message(_, WorkerMessage::Result { id, results }) => {
                 self.on_result(origin.slot, id, results)
             }
+            Event::Overlong(_) => self.on_overlong(origin.slot),
             Event::Exited(_, exit) => self.on_exit(origin.slot, exit),
         }
     }
@@ -260,38 +285,75 @@ impl Supervisor {
                 task_id,
                 "result for no task; stopping worker"
             );
-            return self.stop_slot(index, "protocol");
+            return self.stop_slot(index, ExitReason::Protocol);
         };
         if flight.task_id != task_id || results.len() as u64 != flight.pending.chunk.size {
-            tracing::error!(
-                worker = index,
-                task_id,
-                expected = flight.task_id,
-                items = results.len(),
-                "result does not match the task sent; stopping worker"
+            let what = format!(
+                "the worker answered task {task_id} with {} results while it was running \
+                 task {} of {} items",
+                results.len(),
+                flight.task_id,
+                flight.pending.chunk.size
             );
-            return self.stop_slot(index, "protocol");
+            return self.protocol_failure(index, PooldError::ProtocolError, what);
         }
-        let flight = slot.in_flight.pop_front().expect("checked above");
-        slot.tasks_completed += 1;
-        let now = Instant::now();
-        if let Some(next) = slot.in_flight.front_mut() {
-            next.deadline = next.budget.map(|b| now + b);
-            next.started = Some(now);
-        }
-        slot.show_current_job();
-        let Some(job) = self.queue.get_mut(flight.job) else {
+        let flight = self.take_head(index).expect("checked above");
+        self.slots[index].tasks_completed += 1;
+        let Some(job) = self.queue.landed(flight.job) else {
             return; // the job ended meanwhile
         };
-        job.in_flight -= 1;
         if let Some(started) = flight.started {
-            let took = now - started;
+            let took = Instant::now() - started;
             crate::metrics::chunk_ran(took, flight.pending.chunk.size);
             let secs = took.as_secs_f64();
             job.chunk_secs = Some(job.chunk_secs.map_or(secs, |avg| 0.8 * avg + 0.2 * secs));
         }
         self.chunk_done(flight.job, flight.pending, results);
         self.recycle_if_spent(index);
+    }
+
+    /// Take the chunk a worker is running off it (the caller lands it); the next one in its
+    /// pipe starts running now.
+    fn take_head(&mut self, index: usize) -> Option<InFlight> {
+        let slot = &mut self.slots[index];
+        let flight = slot.in_flight.pop_front()?;
+        let now = Instant::now();
+        if let Some(next) = slot.in_flight.front_mut() {
+            next.deadline = next.budget.and_then(|b| now.checked_add(b));
+            next.started = Some(now);
+        }
+        slot.show_current_job();
+        Some(flight)
+    }
+
+    /// A worker wrote a line over the protocol's limit: most likely the result of the chunk it
+    /// runs, too big to take. The worker is replaced and the chunk narrowed down to its items,
+    /// so that only an item whose own result is too big fails.
+    fn on_overlong(&mut self, index: usize) {
+        let what = format!(
+            "the worker's result was longer than the protocol's limit of {} bytes",
+            crate::protocol::MAX_LINE_BYTES
+        );
+        self.protocol_failure(index, PooldError::ResultTooLarge, what);
+    }
+
+    /// The worker broke the protocol while running its head chunk: stop it. The chunks behind
+    /// the head are innocent and go back to their queues; the head is the suspect. A result
+    /// too large is narrowed down at once (running it again would not help); any other
+    /// breach counts as an attempt, like a crash.
+    fn protocol_failure(&mut self, index: usize, kind: PooldError, what: String) {
+        tracing::error!(worker = index, "{what}; stopping the worker");
+        let head = self.take_head(index);
+        self.stop_slot(index, ExitReason::Protocol);
+        let Some(flight) = head else { return };
+        match kind {
+            PooldError::ResultTooLarge => {
+                if self.queue.landed(flight.job).is_some() {
+                    self.chunk_went_wrong(flight.job, flight.pending, kind, what);
+                }
+            }
+            _ => self.chunk_failed_attempt(flight, kind, what),
+        }
     }
 
     /// Whether the chunk a worker runs belongs to a job whose chunks are known to be short.
@@ -345,7 +407,7 @@ impl Supervisor {
                 star: job.spec.star,
                 items: &pending.chunk.items,
             };
-            let budget = outcomes::budget(job.spec.timeout_s, pending.chunk.size);
+            let budget = crate::limits::chunk_budget(job.spec.timeout_s, pending.chunk.size);
             let mut line = serde_json::to_string(&message).expect("task serializes");
             line.push('\n');
             let slot = &mut self.slots[index];
@@ -358,7 +420,9 @@ impl Supervisor {
                 job: job_id,
                 pending,
                 budget,
-                deadline: budget.filter(|_| starts_now).map(|b| now + b),
+                deadline: budget
+                    .filter(|_| starts_now)
+                    .and_then(|b| now.checked_add(b)),
                 started: starts_now.then_some(now),
             });
             if starts_now {

@@ -7,15 +7,14 @@
 //! recorded as the original chunk, so a chunk is still recorded exactly once. Item logs (what
 //! a function printed) are bounded here, before they reach the store.
 
-use std::time::Duration;
-
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::Supervisor;
 use crate::model::{Chunk, JobId, JobStatus, OnError};
+use crate::pool::ExitReason;
 use crate::pool::queue::Pending;
-use crate::protocol::ItemOutcome;
+use crate::protocol::{ItemOutcome, PooldError};
 
 /// A chunk whose pieces are running: the outcomes gathered so far, by item.
 pub(super) struct Split {
@@ -36,7 +35,10 @@ impl Supervisor {
             return;
         };
         let _span = job.span.clone().entered();
-        outcomes.iter_mut().for_each(ItemOutcome::bound_log);
+        for outcome in &mut outcomes {
+            outcome.bound_log();
+            outcome.check_value();
+        }
         let fail_fast = job.spec.on_error == OnError::FailFast;
         let first_error = outcomes.iter().position(|o| o.error.is_some()).map(|i| {
             let error = outcomes[i].error.as_ref().expect("position found an error");
@@ -133,13 +135,13 @@ impl Supervisor {
         &mut self,
         job_id: JobId,
         pending: Pending,
-        kind: &str,
+        kind: PooldError,
         message: String,
     ) {
         if pending.chunk.size > 1 {
             self.split(job_id, pending.chunk);
         } else {
-            let outcome = ItemOutcome::error(kind, message);
+            let outcome = ItemOutcome::failed(kind, message);
             self.chunk_done(job_id, pending, vec![outcome]);
         }
     }
@@ -165,22 +167,16 @@ impl Supervisor {
                 continue;
             }
             let flight = slot.in_flight.pop_front().expect("checked above");
-            self.stop_slot(index, "timeout"); // requeues the chunks behind it
-            let Some(job) = self.queue.get_mut(flight.job) else {
+            self.stop_slot(index, ExitReason::Timeout); // puts back the chunks behind it
+            let Some(job) = self.queue.landed(flight.job) else {
                 continue;
             };
-            job.in_flight -= 1;
             let limit = job.spec.timeout_s.unwrap_or_default();
             tracing::warn!(worker = index, job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, timeout_s = limit, "chunk ran past its time limit; stopping its worker");
             let message = format!(
                 "the item ran longer than its limit of {limit} s (timeout_s); its worker was stopped"
             );
-            self.chunk_went_wrong(flight.job, flight.pending, "timeout", message);
+            self.chunk_went_wrong(flight.job, flight.pending, PooldError::Timeout, message);
         }
     }
-}
-
-/// How long a chunk may run: `timeout_s` for each of its items.
-pub(super) fn budget(timeout_s: Option<f64>, items: u64) -> Option<Duration> {
-    timeout_s.map(|t| Duration::from_secs_f64(t * items as f64))
 }
