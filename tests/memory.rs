@@ -138,3 +138,103 @@ async fn peak_rss_stays_bounded_ingesting_and_streaming_a_million_items() {
         "peak RSS {peak} kB is over the bound of {BOUND_KB} kB"
     );
 }
+
+/// The hardening issue, item 8: a huge `chunksize` once made the server hold a whole NDJSON
+/// upload as one chunk (725 MB for 80 MB of items). Chunks end at 1 MiB of items too, so the
+/// bound holds whatever the chunksize.
+#[tokio::test]
+async fn ndjson_with_a_huge_chunksize_stays_within_the_bound() {
+    const LINES: u64 = 400_000;
+    let app = TestApp::spawn().await;
+    let pid = app.pid();
+    let spec = json!({"function": "echo", "chunksize": 1_000_000}).to_string() + "\n";
+    let pieces = futures::stream::iter(0..LINES / 10_000).map(|piece| {
+        let lines: String = (piece * 10_000..(piece + 1) * 10_000)
+            .map(|i| format!("\"{i:098}\"\n"))
+            .collect();
+        Ok::<_, std::io::Error>(lines)
+    });
+    let body = futures::stream::once(async { Ok(spec) }).chain(pieces);
+    let response = app
+        .client
+        .post(format!("{}/v1/jobs", app.url))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), 201);
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (job["status"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(LINES)),
+        "{job}"
+    );
+    let peak = peak_rss_kb(pid);
+    println!("peak RSS {peak} kB for {LINES} lines of 100 bytes with chunksize 1000000");
+    assert!(peak <= BOUND_KB, "peak RSS {peak} kB is over {BOUND_KB} kB");
+}
+
+/// The hardening issue, item 8: eight concurrent 61 MB JSON bodies once all sat in memory at
+/// once (730 MB). Past `--max-buffered-bytes` a body is refused at once with 503.
+#[tokio::test]
+async fn concurrent_large_json_bodies_are_capped() {
+    const BODY_MB: usize = 30;
+    let app = TestApp::spawn_with(&[
+        "--max-body-bytes",
+        &(32 << 20).to_string(),
+        "--max-buffered-bytes",
+        &(64 << 20).to_string(),
+    ])
+    .await;
+    let pid = app.pid();
+    // ~30 MB of items: 300,000 strings of 100 bytes.
+    let items: Vec<String> = (0..BODY_MB * 10_000).map(|i| format!("{i:098}")).collect();
+    let body = json!({"function": "echo", "items": items}).to_string();
+    let posts = (0..8).map(|_| {
+        let body = body.clone();
+        let client = app.client.clone();
+        let url = format!("{}/v1/jobs", app.url);
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("POST");
+            let status = response.status().as_u16();
+            let retry = response.headers().contains_key("retry-after");
+            let answer: Value = response.json().await.expect("JSON answer");
+            (status, retry, answer)
+        })
+    });
+    let answers = futures::future::join_all(posts).await;
+    let mut created = Vec::new();
+    let mut busy = 0;
+    for answer in answers {
+        let (status, retry, answer) = answer.unwrap();
+        match status {
+            201 => created.push(answer["id"].as_str().unwrap().to_string()),
+            503 => {
+                assert_eq!(answer["code"], "server_busy", "{answer}");
+                assert!(retry, "a 503 carries Retry-After");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {answer}"),
+        }
+    }
+    assert!(busy > 0, "no body was refused: all eight were held at once");
+    assert!(!created.is_empty(), "no body got through");
+    let peak = peak_rss_kb(pid);
+    println!(
+        "{} created, {busy} refused; peak RSS {peak} kB",
+        created.len()
+    );
+    assert!(peak < 400 * 1024, "peak RSS {peak} kB");
+    for id in created {
+        let job = app.wait_job(&id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+}

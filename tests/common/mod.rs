@@ -12,6 +12,12 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_poold");
 
+/// The server binary the tests run: this build's, or `POOLD_TEST_BIN` (to run the same tests
+/// against another build, e.g. to see a new test fail on an older version).
+pub fn bin() -> String {
+    std::env::var("POOLD_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub struct TestApp {
     pub url: String,
     pub client: reqwest::Client,
@@ -53,7 +59,7 @@ impl TestApp {
     /// Start poold and return once it listens, ready or not.
     pub fn launch(db: &Path, args: &[&str]) -> Self {
         let log = db.with_extension(format!("{}.log", uuid_like()));
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command
             .args(["serve", "--bind", "127.0.0.1:0", "--database"])
             .arg(db);
@@ -396,6 +402,21 @@ fn uuid_like() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Run SQL on a stopped server's database: the state an older version, or an operator, left.
+pub async fn sqlite_exec(db: &Path, sql: &str) {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .connect()
+        .await
+        .expect("open the database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.close().await.expect("close the database");
 }
 
 /// The real Python interpreter (not a version-manager shim, which is slow to start).
