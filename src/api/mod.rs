@@ -14,6 +14,7 @@ mod ingest;
 mod jobs;
 mod pool;
 mod results;
+mod upload_body;
 
 use std::sync::Arc;
 
