@@ -1,0 +1,348 @@
+"""A map job in flight, for :class:`poold.Pool`: its items uploaded as they are produced
+(:class:`Submission`), its results read as they are recorded (:class:`IMapIterator`), and the
+``AsyncResult`` of the ``*_async`` forms.
+
+The items go up as an NDJSON upload on a background thread that pulls them from the iterable
+while results come back, never more than ``window`` items ahead of the results the caller has
+taken: an endless generator is consumed lazily and the client holds a bounded window, not the
+input. If the iterable raises at item k, the upload ends with a ``Poold-Upload-Error`` trailer:
+poold runs items 0..k-1 and then fails the job with that reason, and the result iterator
+yields those k results before it raises the iterable's exception, as ``Pool.imap`` does.
+
+poold answers an upload only when it ends, so the job's id is found while it runs by the
+``metadata`` mark its line 1 carries (``GET /v1/jobs``, newest first).
+"""
+
+import json
+import multiprocessing
+import threading
+import time
+import uuid
+
+from ._http import EventStream, PooldError, Upload
+from .errors import remote_exception
+
+#: The metadata key that marks a job uploaded by this client, to find its id.
+UPLOAD_MARK = "poold.upload"
+#: An upload is sent in pieces of at most this many bytes…
+SEND_BYTES = 1 << 16
+#: …and a finished chunk waits at most this long for more before it is sent.
+SEND_AFTER = 0.002
+#: How long an upload's socket may block (poold reads as fast as it stores).
+UPLOAD_TIMEOUT = 300.0
+_FINISHED = ("completed", "failed", "cancelled")
+
+
+class Submission:
+    """One job being uploaded: line 1 (``spec``, every field but ``items``) goes at once, the
+    items of ``iterable`` from a background thread, encoded by ``codec.item``, at most
+    ``window`` ahead of :attr:`consumed` (results the caller took)."""
+
+    def __init__(self, http_, spec, iterable, codec, chunksize, window, timeout):
+        self._http = http_
+        self._timeout = timeout
+        self.mark = uuid.uuid4().hex
+        spec = dict(spec, metadata={UPLOAD_MARK: self.mark})
+        self._upload = Upload(http_, json.dumps(spec).encode(), UPLOAD_TIMEOUT)
+        self._lock = threading.Lock()  # the upload's connection, between the two threads
+        self._wake = threading.Condition()
+        self.window = window
+        self._chunksize = chunksize
+        #: Items sent, and results the caller has taken (written by the caller only).
+        self.sent = 0
+        self.consumed = 0
+        #: The upload thread waits for room in the window.
+        self.waiting = False
+        self._stopping = False
+        #: (index, exception) when the iterable raised at that item.
+        self.input_error = None
+        #: A PooldError when poold refused the upload or could not be reached.
+        self.failure = None
+        #: The job as poold answered at the end of the upload.
+        self.answer = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(iterable, codec.item), daemon=True, name="poold-upload"
+        )
+        self._thread.start()
+
+    # ---- the caller's side ----
+
+    def job(self):
+        """The job, as soon as poold has stored it (raises what refused it)."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.001
+        while True:
+            self._check_answer()
+            if self.failure is not None:
+                raise self.failure
+            if self.answer is not None:
+                return self.answer
+            for job in self._http.request("GET", "/v1/jobs", query={"limit": 50})["jobs"]:
+                if (job.get("metadata") or {}).get(UPLOAD_MARK) == self.mark:
+                    return job
+            if time.monotonic() > deadline:
+                raise PooldError("poold did not show the uploaded job in time")
+            self.done.wait(delay)
+            delay = min(2 * delay, 0.05)
+
+    def took(self):
+        """The caller took a result: the upload may go one item further."""
+        self.consumed += 1
+        if self.waiting:
+            with self._wake:
+                self._wake.notify()
+
+    def stop(self):
+        """Send no more items (the pool is terminated): the upload ends with what was sent."""
+        self._stopping = True
+        with self._wake:
+            self._wake.notify()
+
+    # ---- the upload thread ----
+
+    def _take_answer(self):
+        """With the lock held: take poold's early answer (a problem) if it has sent one."""
+        if self.failure is None and self.answer is None and not self.done.is_set():
+            if self._upload.answered():
+                try:
+                    self._upload.answer()
+                    self.failure = PooldError("poold answered the upload before it ended")
+                except PooldError as e:
+                    self.failure = e
+                except OSError as e:
+                    self.failure = PooldError(f"POST /v1/jobs: {e}")
+
+    def _check_answer(self):
+        with self._lock:
+            self._take_answer()
+
+    def _send(self, lines):
+        """Send whole lines; False once poold has answered (refused the upload)."""
+        with self._lock:
+            self._take_answer()
+            if self.failure is not None:
+                return False
+            self._upload.send(b"\n".join(lines) + b"\n")
+        self.sent += len(lines)
+        return True
+
+    def _room(self, pending):
+        """Wait until the window has room for one more item; False when told to stop."""
+        if self.sent + pending - self.consumed < self.window:
+            return not self._stopping
+        with self._wake:
+            self.waiting = True
+            while self.sent + pending - self.consumed >= self.window and not self._stopping:
+                self._wake.wait(0.05)
+            self.waiting = False
+        return not self._stopping
+
+    def _run(self, iterable, encode):
+        lines, size = [], 0
+        chunk = self._chunksize or 1
+        last_send = time.monotonic()
+        try:
+            try:
+                items = iter(iterable)
+                while True:
+                    if self.sent + len(lines) - self.consumed >= self.window and lines:
+                        if not self._send(lines):
+                            return
+                        lines, size = [], 0
+                    if not self._room(len(lines)):
+                        break
+                    index = self.sent + len(lines)
+                    try:
+                        line = encode(next(items))
+                    except StopIteration:
+                        break
+                    except Exception as e:
+                        self.input_error = (index, e)
+                        break
+                    lines.append(line)
+                    size += len(line)
+                    if size >= SEND_BYTES or (
+                        (index + 1) % chunk == 0 and time.monotonic() - last_send >= SEND_AFTER
+                    ):
+                        if not self._send(lines):
+                            return
+                        lines, size = [], 0
+                        last_send = time.monotonic()
+                if lines and not self._send(lines):
+                    return
+                with self._lock:
+                    if self.failure is not None:
+                        return
+                    if self.input_error is not None:
+                        index, e = self.input_error
+                        self._upload.stop(f"item {index} of the input raised {type(e).__name__}: {e}")
+                    else:
+                        self.answer = self._upload.finish()
+            except PooldError as e:
+                self.failure = e
+            except OSError as e:
+                self._check_answer()
+                if self.failure is None:
+                    self.failure = PooldError(f"POST /v1/jobs (upload): {e}")
+        finally:
+            self._upload.close()
+            self.done.set()
+
+
+class IMapIterator:
+    """What ``imap``/``imap_unordered`` return: results as they stream in over SSE.
+
+    ``len()`` is the number of items when the input has a length (``tqdm`` shows a total);
+    without one it raises ``TypeError``. An item error raises from ``next()`` at that item
+    (its own exception type when it can be rebuilt, with the remote traceback as
+    ``__cause__``); iterating on continues with the next ones, as with ``Pool``. If the input
+    raised at item k, its exception is raised after the results of items 0..k-1.
+    ``logs`` maps item index to what the function printed for it (filled as results arrive);
+    ``reconnects`` counts event-stream reconnections; ``window`` is how many items the upload
+    may be ahead of the results taken.
+    """
+
+    def __init__(self, pool, job, submission, codec, length, ordered):
+        self.job_id = job["id"]
+        self.logs = {}
+        self._pool = pool
+        self._submission = submission
+        self.window = submission.window if submission is not None else None
+        self._decode = codec.value if codec.pickled else None
+        self._keep_pickle = codec.pickled
+        self._length = length
+        query = {"order": "index" if ordered else "completion"}
+        self._stream = EventStream(pool._http, f"/v1/jobs/{self.job_id}/events", query)
+        self._batches = None
+        #: The results read and not yet taken: plain values, or result entries (dicts).
+        self._batch = []
+        self._plain = True
+        self._pos = 0
+        self._ended = False
+
+    def __len__(self):
+        if self._length is None:
+            raise TypeError("the input of this imap has no len()")
+        return self._length
+
+    def __iter__(self):
+        return self
+
+    @property
+    def reconnects(self):
+        return self._stream.reconnects
+
+    def __next__(self):
+        try:
+            item = self._batch[self._pos]
+        except IndexError:
+            self._fill()
+            return self.__next__()
+        self._pos += 1
+        submission = self._submission
+        if submission is not None:
+            submission.took()
+        if not self._plain:
+            if "error" in item:
+                error = item["error"]
+                if not self._keep_pickle:
+                    error.pop("pickle", None)
+                raise remote_exception(error, item["index"], self.job_id)
+            item = item.get("value")
+        return item if self._decode is None else self._decode(item)
+
+    next = __next__
+
+    def _fill(self):
+        if self._ended:
+            raise StopIteration
+        if self._batches is None:
+            self._batches = self._stream.batches()
+        for kind, data in self._batches:
+            if kind == "values" or kind == "result":
+                self._batch, self._pos, self._plain = data, 0, kind == "values"
+                return
+            if kind == "log":
+                entry = json.loads(data)
+                self.logs[entry["index"]] = entry["log"]
+            elif kind == "end":
+                self._end(json.loads(data))
+        raise PooldError(f"the event stream of job {self.job_id} ended without its end")
+
+    def _end(self, job):
+        self._ended = True
+        self._stream.close()
+        self._pool._finished(self.job_id)
+        if job["status"] == "completed":
+            raise StopIteration
+        # The upload thread notes the input's error before it tells poold.
+        if self._submission is not None and self._submission.input_error is not None:
+            raise self._submission.input_error[1]
+        raise ended_early(job)
+
+    def _drop_connection(self):
+        """Test hook: cut the event stream's connection as a network failure would."""
+        self._stream.drop()
+
+
+def ended_early(job):
+    why = f": {job['error']}" if job.get("error") else ""
+    total = job["total"] if job.get("total") is not None else "its"
+    return PooldError(f"job {job['id']} ended {job['status']} with {job['done']} of {total} results{why}")
+
+
+class AsyncResult:
+    """What ``apply_async``/``map_async``/``starmap_async`` return, like
+    ``multiprocessing.pool.AsyncResult``: ``get(timeout)``, ``wait``, ``ready``,
+    ``successful``; ``callback`` or ``error_callback`` is called on a thread of its own.
+    ``job_id`` names the job; ``logs`` maps item index to what the function printed for it
+    (filled when the result is ready)."""
+
+    def __init__(self, pool, job_id, collect, callback=None, error_callback=None):
+        self.job_id = job_id
+        self.logs = {}
+        self._callback = callback
+        self._error_callback = error_callback
+        self._ready = threading.Event()
+        self._value = None
+        self._error = None
+        thread = threading.Thread(
+            target=self._run, args=(collect,), daemon=True, name=f"poold-{job_id}"
+        )
+        pool._track(thread)
+        thread.start()
+
+    def _run(self, collect):
+        try:
+            try:
+                self._value = collect(self.logs)
+            except Exception as e:
+                self._error = e
+                if self._error_callback is not None:
+                    self._error_callback(e)
+            else:
+                if self._callback is not None:
+                    self._callback(self._value)
+        finally:
+            self._ready.set()
+
+    def ready(self):
+        return self._ready.is_set()
+
+    def successful(self):
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout=None):
+        self._ready.wait(timeout)
+
+    def get(self, timeout=None):
+        """The result; raises the remote error, or ``multiprocessing.TimeoutError`` when it
+        is not ready within ``timeout`` seconds."""
+        if not self._ready.wait(timeout):
+            raise multiprocessing.TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
