@@ -52,6 +52,8 @@ def function_name(func):
             "by name (module:qualname); pass a module-level function"
         )
     module = getattr(func, "__module__", None)
+    if module is None and isinstance(owner, type):
+        module = owner.__module__  # a method of a built-in class: dict.fromkeys
     qualname = getattr(func, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         raise TypeError(f"cannot name the remote function for {func!r}: pass 'module:qualname'")

@@ -79,6 +79,10 @@ class Http:
             conn.sock.settimeout(timeout)
         return conn, reused
 
+    def close(self):
+        """Close this thread's kept-alive connection (a later request opens another)."""
+        self._drop()
+
     def _drop(self):
         conn = getattr(self._local, "conn", None)
         if conn is not None:

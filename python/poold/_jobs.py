@@ -26,7 +26,8 @@ from .errors import remote_exception
 UPLOAD_MARK = "poold.upload"
 #: An upload is sent in pieces of at most this many bytes…
 SEND_BYTES = 1 << 16
-#: …and a finished chunk waits at most this long for more before it is sent.
+#: …and a whole chunk waits at most about this long for more before it is sent (also while
+#: the iterable makes the upload wait: a second thread sends it then).
 SEND_AFTER = 0.002
 #: How long an upload's socket may block (poold reads as fast as it stores).
 UPLOAD_TIMEOUT = 300.0
@@ -44,13 +45,23 @@ class Submission:
         self.mark = uuid.uuid4().hex
         spec = dict(spec, metadata={UPLOAD_MARK: self.mark})
         self._upload = Upload(http_, json.dumps(spec).encode(), UPLOAD_TIMEOUT)
-        self._lock = threading.Lock()  # the upload's connection, between the two threads
         self._wake = threading.Condition()
         self.window = window
         self._chunksize = chunksize
-        #: Items sent, and results the caller has taken (written by the caller only).
-        self.sent = 0
+        #: Items taken from the iterable (by the upload thread), and results the caller has
+        #: taken (by the caller).
+        self._pulled = 0
         self.consumed = 0
+        # Lines encoded and not sent yet, the upload's connection and what goes with them are
+        # shared by the upload thread and the flusher: under this lock.
+        self._lock = threading.Lock()
+        self._pending = []
+        self._pending_bytes = 0
+        #: How many pending lines end on a chunk boundary (poold runs whole chunks only).
+        self._complete = 0
+        self._last_send = time.monotonic()
+        #: When the upload thread called next() on the iterable (0 when it is not in it).
+        self._in_next = 0.0
         #: The upload thread waits for room in the window.
         self.waiting = False
         self._stopping = False
@@ -61,10 +72,11 @@ class Submission:
         #: The job as poold answered at the end of the upload.
         self.answer = None
         self.done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(iterable, codec.item), daemon=True, name="poold-upload"
-        )
-        self._thread.start()
+        for target, args, name in (
+            (self._run, (iterable, codec.item), "poold-upload"),
+            (self._flush_stuck, (), "poold-upload-flush"),
+        ):
+            threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
     # ---- the caller's side ----
 
@@ -117,42 +129,46 @@ class Submission:
         with self._lock:
             self._take_answer()
 
-    def _send(self, lines):
-        """Send whole lines; False once poold has answered (refused the upload)."""
-        with self._lock:
-            self._take_answer()
-            if self.failure is not None:
-                return False
-            self._upload.send(b"\n".join(lines) + b"\n")
-        self.sent += len(lines)
+    def _send(self, count):
+        """With the lock: send the first ``count`` pending lines; False once poold has answered
+        (refused the upload)."""
+        self._take_answer()
+        if self.failure is not None:
+            return False
+        lines = self._pending[:count]
+        del self._pending[:count]
+        self._pending_bytes = sum(map(len, self._pending)) if self._pending else 0
+        self._complete = max(0, self._complete - count)
+        self._upload.send(b"\n".join(lines) + b"\n")
+        self._last_send = time.monotonic()
         return True
 
-    def _room(self, pending):
+    def _room(self):
         """Wait until the window has room for one more item; False when told to stop."""
-        if self.sent + pending - self.consumed < self.window:
+        if self._pulled - self.consumed < self.window:
             return not self._stopping
         with self._wake:
             self.waiting = True
-            while self.sent + pending - self.consumed >= self.window and not self._stopping:
+            while self._pulled - self.consumed >= self.window and not self._stopping:
                 self._wake.wait(0.05)
             self.waiting = False
         return not self._stopping
 
     def _run(self, iterable, encode):
-        lines, size = [], 0
         chunk = self._chunksize or 1
-        last_send = time.monotonic()
+        pending = self._pending
         try:
             try:
                 items = iter(iterable)
                 while True:
-                    if self.sent + len(lines) - self.consumed >= self.window and lines:
-                        if not self._send(lines):
-                            return
-                        lines, size = [], 0
-                    if not self._room(len(lines)):
+                    if self._pulled - self.consumed >= self.window:
+                        with self._lock:
+                            if pending and not self._send(len(pending)):
+                                return
+                    if not self._room():
                         break
-                    index = self.sent + len(lines)
+                    index = self._pulled
+                    self._in_next = time.monotonic()
                     try:
                         line = encode(next(items))
                     except StopIteration:
@@ -160,19 +176,22 @@ class Submission:
                     except Exception as e:
                         self.input_error = (index, e)
                         break
-                    lines.append(line)
-                    size += len(line)
-                    if size >= SEND_BYTES or (
-                        (index + 1) % chunk == 0 and time.monotonic() - last_send >= SEND_AFTER
-                    ):
-                        if not self._send(lines):
-                            return
-                        lines, size = [], 0
-                        last_send = time.monotonic()
-                if lines and not self._send(lines):
-                    return
+                    finally:
+                        self._in_next = 0.0
+                    self._pulled = index + 1
+                    with self._lock:
+                        pending.append(line)
+                        self._pending_bytes += len(line)
+                        boundary = self._pulled % chunk == 0
+                        if boundary:
+                            self._complete = len(pending)
+                        if self._pending_bytes >= SEND_BYTES or (
+                            boundary and time.monotonic() - self._last_send >= SEND_AFTER
+                        ):
+                            if not self._send(len(pending)):
+                                return
                 with self._lock:
-                    if self.failure is not None:
+                    if pending and not self._send(len(pending)):
                         return
                     if self.input_error is not None:
                         index, e = self.input_error
@@ -188,6 +207,19 @@ class Submission:
         finally:
             self._upload.close()
             self.done.set()
+
+    def _flush_stuck(self):
+        """While the iterable keeps the upload thread waiting for its next item, send the
+        whole chunks it has encoded, so that they run meanwhile."""
+        while not self.done.wait(SEND_AFTER):
+            since = self._in_next
+            if since and self._complete and time.monotonic() - since >= SEND_AFTER:
+                with self._lock:
+                    if self._complete and not self.done.is_set():
+                        try:
+                            self._send(self._complete)
+                        except OSError:
+                            pass  # the upload thread sees it on its next send
 
 
 class IMapIterator:
@@ -280,6 +312,18 @@ class IMapIterator:
         if self._submission is not None and self._submission.input_error is not None:
             raise self._submission.input_error[1]
         raise ended_early(job)
+
+    def close(self):
+        """Stop reading (for a loop left early): close the event stream; ``next()`` then ends
+        the iteration. The job goes on unless the pool is terminated."""
+        self._ended = True
+        self._batch, self._pos = [], 0
+        self._stream.close()
+
+    def __del__(self):
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()
 
     def _drop_connection(self):
         """Test hook: cut the event stream's connection as a network failure would."""

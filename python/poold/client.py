@@ -22,6 +22,7 @@ cancels this object's unfinished jobs.
 import json
 import os
 import threading
+import weakref
 
 from ._codec import CODECS, Codec, function_name, take_apart
 from ._http import Http
@@ -114,7 +115,7 @@ class Pool:
         self._state = _RUN
         self._lock = threading.Lock()
         self._jobs = {}  # id -> finished? for the jobs this object submitted
-        self._submissions = []
+        self._submissions = weakref.WeakSet()
         self._threads = []
         self._size = None
 
@@ -154,6 +155,7 @@ class Pool:
             except PooldError as e:
                 if e.status != 404:  # a job deleted meanwhile needs no cancelling
                     raise
+        self._http.close()
 
     def join(self):
         """Wait until every job this object submitted has finished (``Pool.join``; call
@@ -167,6 +169,7 @@ class Pool:
             self._wait_job(id_)
         for thread in threads:
             thread.join()
+        self._http.close()
 
     def _check_running(self):
         if self._state != _RUN:
@@ -273,7 +276,7 @@ class Pool:
             raise
         with self._lock:
             self._jobs[job["id"]] = job["status"] in _FINISHED
-            self._submissions.append(submission)
+            self._submissions.add(submission)
         return IMapIterator(self, job, submission, codec, length, ordered)
 
     def _async(self, iterator, callback, error_callback):

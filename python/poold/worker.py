@@ -138,6 +138,9 @@ def identity(obj):
     """``module:qualname`` of a callable, as :class:`poold.Pool` names a function object;
     None when it has none."""
     module = getattr(obj, "__module__", None)
+    owner = getattr(obj, "__self__", None)
+    if module is None and isinstance(owner, type):
+        module = owner.__module__  # a method of a built-in class: dict.fromkeys
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
