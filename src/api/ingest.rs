@@ -155,10 +155,10 @@ enum Ended {
     /// The body ended and every item is stored: the job may complete.
     Complete,
     /// The job ended (cancelled, failed fast) during the upload.
-    JobEnded,
+    JobFinished,
     /// Its client stopped it (see `upload_body`): the job was failed with the client's reason
     /// once the items it sent had run.
-    Stopped,
+    StoppedByClient,
 }
 
 async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
@@ -183,7 +183,7 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
         // The last chunk goes in with the upload's close, in one transaction.
         Ok(Ended::Complete) => match upload.store(true).await {
             Ok(true) => Ok(Ended::Complete),
-            Ok(false) => Ok(Ended::JobEnded),
+            Ok(false) => Ok(Ended::JobFinished),
             Err(e) => Err(e),
         },
         other => other,
@@ -194,9 +194,9 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
             tracing::info!(job.id = %job.id, total = job.total, "upload complete");
             Ok(job_response(StatusCode::CREATED, job))
         }
-        Ok(ended @ (Ended::JobEnded | Ended::Stopped)) => {
+        Ok(ended @ (Ended::JobFinished | Ended::StoppedByClient)) => {
             // Answer with the job as it is.
-            if matches!(ended, Ended::JobEnded) {
+            if matches!(ended, Ended::JobFinished) {
                 drain_behind(lines, &upload.state);
             }
             Ok(job_response(
@@ -305,7 +305,7 @@ impl Upload {
                 next = lines.next() => next,
                 _ = tokio::time::sleep_until(store_at), if waiting => {
                     if !self.store(false).await? {
-                        return Ok(Ended::JobEnded);
+                        return Ok(Ended::JobFinished);
                     }
                     continue;
                 }
@@ -354,7 +354,7 @@ impl Upload {
                 || self.batcher.full_bytes() >= BATCH_BYTES)
                 && !self.store(false).await?
             {
-                return Ok(Ended::JobEnded);
+                return Ok(Ended::JobFinished);
             }
         }
     }
@@ -374,7 +374,7 @@ impl Upload {
             .await?
         {
             let _ = self.state.pool.job_ended(id).await;
-            return Ok(Ended::JobEnded);
+            return Ok(Ended::JobFinished);
         }
         self.next_chunk += count;
         if count > 0 {
@@ -386,7 +386,7 @@ impl Upload {
             changes.borrow_and_update();
             let job = load_job(&self.state, id).await?;
             if job.status.is_finished() {
-                return Ok(Ended::JobEnded);
+                return Ok(Ended::JobFinished);
             }
             if job.done >= self.items {
                 break;
@@ -406,7 +406,7 @@ impl Upload {
         {
             let _ = self.state.pool.job_ended(id).await; // gone at shutdown: fine
         }
-        Ok(Ended::Stopped)
+        Ok(Ended::StoppedByClient)
     }
 
     /// Store the full chunks (with `close`, every chunk, and end the upload), then tell the

@@ -39,7 +39,7 @@ pub struct Server {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Submit a map job (like pool.map); with --follow, show its progress until it ends.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs {
         #[command(flatten)]
@@ -190,7 +190,7 @@ pub fn run(command: ClientCommand) -> i32 {
 
 async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
     match command {
-        ClientCommand::Submit(args) => submit(args).await,
+        ClientCommand::Submit(args) => submit(*args).await,
         ClientCommand::Jobs {
             server,
             status,
