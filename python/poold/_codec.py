@@ -26,6 +26,7 @@ PICKLE_PROTOCOL = 5
 
 #: One encoder for every item: ``json.dumps`` with options builds a new one per call.
 _encode_json = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_NUMBERS = {int, float}
 
 
 def _main_module_name():
@@ -116,6 +117,17 @@ class Codec:
         if args_of is None:
             return lambda item: _encode_json(item).encode()
         return lambda item: _encode_json(list(args_of(item))).encode()
+
+    def lines(self, items):
+        """Many items as NDJSON lines at once (bytes, no final newline), or None when this
+        fast path does not apply: plain numbers under the json codec (``range`` inputs), which
+        one ``json`` call encodes with no comma inside an item."""
+        if self.pickled or self.star or not set(map(type, items)) <= _NUMBERS:
+            return None
+        try:
+            return _encode_json(list(items))[1:-1].replace(",", "\n").encode()
+        except ValueError:  # NaN or infinity: the item-by-item path names it
+            return None
 
     def kwargs(self, kwargs):
         if not self.pickled:

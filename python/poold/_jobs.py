@@ -29,9 +29,13 @@ SEND_BYTES = 1 << 16
 #: …and a whole chunk waits at most about this long for more before it is sent (also while
 #: the iterable makes the upload wait: a second thread sends it then).
 SEND_AFTER = 0.002
+#: Items of a list, tuple or range sent at a time.
+SEQUENCE_SLICE = 4096
 #: How long an upload's socket may block (poold reads as fast as it stores).
 UPLOAD_TIMEOUT = 300.0
 _FINISHED = ("completed", "failed", "cancelled")
+#: Inputs that never make the upload wait, sent in slices.
+_SEQUENCES = (list, tuple, range)
 
 
 class Submission:
@@ -72,10 +76,10 @@ class Submission:
         #: The job as poold answered at the end of the upload.
         self.answer = None
         self.done = threading.Event()
-        for target, args, name in (
-            (self._run, (iterable, codec.item), "poold-upload"),
-            (self._flush_stuck, (), "poold-upload-flush"),
-        ):
+        threads = [(self._run, (iterable, codec), "poold-upload")]
+        if not isinstance(iterable, _SEQUENCES):  # only an iterator can keep the upload waiting
+            threads.append((self._flush_stuck, (), "poold-upload-flush"))
+        for target, args, name in threads:
             threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
     # ---- the caller's side ----
@@ -98,9 +102,9 @@ class Submission:
             self.done.wait(delay)
             delay = min(2 * delay, 0.05)
 
-    def took(self):
-        """The caller took a result: the upload may go one item further."""
-        self.consumed += 1
+    def took(self, count=1):
+        """The caller took results: the upload may go as many items further."""
+        self.consumed += count
         if self.waiting:
             with self._wake:
                 self._wake.notify()
@@ -154,44 +158,17 @@ class Submission:
             self.waiting = False
         return not self._stopping
 
-    def _run(self, iterable, encode):
-        chunk = self._chunksize or 1
-        pending = self._pending
+    def _run(self, iterable, codec):
         try:
             try:
-                items = iter(iterable)
-                while True:
-                    if self._pulled - self.consumed >= self.window:
-                        with self._lock:
-                            if pending and not self._send(len(pending)):
-                                return
-                    if not self._room():
-                        break
-                    index = self._pulled
-                    self._in_next = time.monotonic()
-                    try:
-                        line = encode(next(items))
-                    except StopIteration:
-                        break
-                    except Exception as e:
-                        self.input_error = (index, e)
-                        break
-                    finally:
-                        self._in_next = 0.0
-                    self._pulled = index + 1
-                    with self._lock:
-                        pending.append(line)
-                        self._pending_bytes += len(line)
-                        boundary = self._pulled % chunk == 0
-                        if boundary:
-                            self._complete = len(pending)
-                        if self._pending_bytes >= SEND_BYTES or (
-                            boundary and time.monotonic() - self._last_send >= SEND_AFTER
-                        ):
-                            if not self._send(len(pending)):
-                                return
+                if isinstance(iterable, _SEQUENCES):
+                    completed = self._feed_sequence(iterable, codec)
+                else:
+                    completed = self._feed_iterator(iter(iterable), codec.item)
+                if not completed:
+                    return
                 with self._lock:
-                    if pending and not self._send(len(pending)):
+                    if self._pending and not self._send(len(self._pending)):
                         return
                     if self.input_error is not None:
                         index, e = self.input_error
@@ -204,9 +181,82 @@ class Submission:
                 self._check_answer()
                 if self.failure is None:
                     self.failure = PooldError(f"POST /v1/jobs (upload): {e}")
+            except Exception as e:  # a bug here: say so rather than leave a broken upload
+                failure = PooldError(f"the upload of the job's items failed: {e!r}")
+                failure.__cause__ = e
+                self.failure = failure
         finally:
             self._upload.close()
             self.done.set()
+
+    def _feed_iterator(self, items, encode):
+        """Pull items one at a time (the iterable may take its time: a second thread sends
+        whole chunks while it does). False when poold refused the upload."""
+        chunk = self._chunksize or 1
+        pending = self._pending
+        while True:
+            if self._pulled - self.consumed >= self.window:
+                with self._lock:
+                    if pending and not self._send(len(pending)):
+                        return False
+            if not self._room():
+                return True
+            index = self._pulled
+            self._in_next = time.monotonic()
+            try:
+                line = encode(next(items))
+            except StopIteration:
+                return True
+            except Exception as e:
+                self.input_error = (index, e)
+                return True
+            finally:
+                self._in_next = 0.0
+            self._pulled = index + 1
+            with self._lock:
+                pending.append(line)
+                self._pending_bytes += len(line)
+                boundary = self._pulled % chunk == 0
+                if boundary:
+                    self._complete = len(pending)
+                if self._pending_bytes >= SEND_BYTES or (
+                    boundary and time.monotonic() - self._last_send >= SEND_AFTER
+                ):
+                    if not self._send(len(pending)):
+                        return False
+
+    def _feed_sequence(self, items, codec):
+        """A list, tuple or range never makes the upload wait: send it in slices, encoded a
+        slice at a time when they are plain numbers. False when poold refused the upload."""
+        at, total = 0, len(items)
+        while at < total:
+            if not self._room():
+                return True
+            room = self.window - (self._pulled - self.consumed)
+            piece = items[at : at + max(1, min(SEQUENCE_SLICE, room))]
+            data = codec.lines(piece)
+            if data is None:
+                lines = []
+                for offset, item in enumerate(piece):
+                    try:
+                        lines.append(codec.item(item))
+                    except Exception as e:
+                        self.input_error = (at + offset, e)
+                        break
+                data = b"\n".join(lines)
+                count = len(lines)
+            else:
+                count = len(piece)
+            if count:
+                with self._lock:
+                    self._pending.append(data)
+                    if not self._send(len(self._pending)):
+                        return False
+            self._pulled += count
+            at += count
+            if self.input_error is not None:
+                return True
+        return True
 
     def _flush_stuck(self):
         """While the iterable keeps the upload thread waiting for its next item, send the
@@ -273,8 +323,10 @@ class IMapIterator:
             return self.__next__()
         self._pos += 1
         submission = self._submission
-        if submission is not None:
-            submission.took()
+        if submission is not None:  # took(), inlined: this runs once per result
+            submission.consumed += 1
+            if submission.waiting:
+                submission.took(0)
         if not self._plain:
             if "error" in item:
                 error = item["error"]
@@ -285,6 +337,26 @@ class IMapIterator:
         return item if self._decode is None else self._decode(item)
 
     next = __next__
+
+    def all(self):
+        """Every remaining value, in order (what ``map`` returns): runs of plain values are
+        taken a block at a time, the rest item by item (an item error raises)."""
+        out = []
+        while True:
+            if self._pos >= len(self._batch):
+                try:
+                    self._fill()
+                except StopIteration:
+                    return out
+                continue
+            if self._plain and self._decode is None:
+                taken = self._batch[self._pos :]
+                out.extend(taken)
+                self._pos = len(self._batch)
+                if self._submission is not None:
+                    self._submission.took(len(taken))
+            else:
+                out.append(next(self))
 
     def _fill(self):
         if self._ended:
@@ -308,9 +380,12 @@ class IMapIterator:
         self._pool._finished(self.job_id)
         if job["status"] == "completed":
             raise StopIteration
-        # The upload thread notes the input's error before it tells poold.
-        if self._submission is not None and self._submission.input_error is not None:
-            raise self._submission.input_error[1]
+        # The upload thread notes the input's error (or its own) before poold hears of it.
+        submission = self._submission
+        if submission is not None and submission.input_error is not None:
+            raise submission.input_error[1]
+        if submission is not None and submission.failure is not None:
+            raise submission.failure
         raise ended_early(job)
 
     def close(self):

@@ -5,8 +5,8 @@ Each call is one map job:
 - ``map``/``imap``/``imap_unordered``/``starmap`` and the async forms upload the iterable as
   NDJSON while it is consumed, and read results as they are recorded over server-sent events
   (``?order=completion`` for unordered), resuming after a dropped connection
-  (:mod:`poold._jobs`, :mod:`poold._http`). ``map`` is ``list(imap(...))``: it raises the
-  first item error, in index order.
+  (:mod:`poold._jobs`, :mod:`poold._http`). ``map`` is ``list(imap(...))`` taken a block at a
+  time: it raises the first item error, in index order.
 - ``apply``/``apply_async`` send a one-item JSON job and wait for its result
   (``GET /v1/jobs/{id}/results?wait=``).
 
@@ -190,14 +190,14 @@ class Pool:
     def map(self, func, iterable, chunksize=None):
         """``[func(x) for x in iterable]`` on the workers, in order. Raises the first item
         error (by index), or the iterable's own exception."""
-        return list(self.imap(func, iterable, chunksize))
+        return self.imap(func, iterable, chunksize).all()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
         return self._async(self._iterator(func, iterable, chunksize, False, True), callback, error_callback)
 
     def starmap(self, func, iterable, chunksize=None):
         """``[func(*args) for args in iterable]`` on the workers, in order."""
-        return list(self._iterator(func, iterable, chunksize, True, True))
+        return self._iterator(func, iterable, chunksize, True, True).all()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
         return self._async(self._iterator(func, iterable, chunksize, True, True), callback, error_callback)
@@ -281,7 +281,7 @@ class Pool:
 
     def _async(self, iterator, callback, error_callback):
         def collect(logs):
-            values = list(iterator)
+            values = iterator.all()
             logs.update(iterator.logs)
             return values
 
