@@ -1,10 +1,13 @@
 """HTTP plumbing of the client: JSON requests on kept-alive connections, NDJSON uploads, and a
 resuming server-sent-events reader. Used by :mod:`poold.client` and :mod:`poold._jobs`.
 
-Standard library only (``http.client``). Requests reuse one connection per thread, so one
-:class:`Http` can be shared by threads; uploads and event streams have connections of their
-own. The event reader parses whole blocks of events with one regular expression and decodes
-a block's results with one ``json.loads``, never line by line: a reader that calls
+Standard library only. Requests reuse one connection per thread (so one :class:`Http` can be
+shared by threads) and read responses with a lean HTTP/1.1 reader (:class:`_Kept`):
+``http.client`` parses every response's headers with the ``email`` package, which takes about
+as long as poold takes to answer a small request, and ``apply`` is two such round trips.
+Uploads and event streams, whose cost is their body, use ``http.client`` on connections of
+their own. The event reader parses whole blocks of events with one regular expression and
+decodes a block's results with one ``json.loads``, never line by line: a reader that calls
 ``readline`` per line is slower than poold sends (~40k results/s against ~1M).
 """
 
@@ -14,6 +17,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -43,6 +47,7 @@ class Http:
             raise ValueError(f"poold url must be http:// or https://, got {url!r}")
         self._https = parts.scheme == "https"
         self._netloc = parts.netloc
+        self._address = (parts.hostname, parts.port or (443 if self._https else 80))
         self._base = parts.path.rstrip("/")
         self.url = f"{parts.scheme}://{parts.netloc}{self._base}"
         self._token = token
@@ -68,16 +73,13 @@ class Http:
             path += "?" + urllib.parse.urlencode(query)
         return path
 
-    def _kept(self, timeout):
+    def _kept(self):
         """This thread's kept-alive connection, and whether it was used before."""
         conn = getattr(self._local, "conn", None)
-        reused = conn is not None
         if conn is None:
-            conn = self._local.conn = self.connection(timeout)
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn, reused
+            conn = self._local.conn = _Kept(self._address, self._https, self.timeout)
+            return conn, False
+        return conn, True
 
     def close(self):
         """Close this thread's kept-alive connection (a later request opens another)."""
@@ -92,22 +94,24 @@ class Http:
     def request(self, method, path, body=None, query=None, timeout=None):
         """Send a request and return the decoded JSON body (None when empty). HTTP errors
         raise :class:`PooldError` with the problem document's ``code`` and ``detail``."""
-        data = None
-        extra = {}
+        extra = {"Host": self._netloc, "Connection": "keep-alive"}
+        data = b""
         if body is not None:
             data = json.dumps(body, allow_nan=False).encode()
             extra["Content-Type"] = "application/json"
-        headers = self.headers(extra)
-        target = self.path(path, query)
+            extra["Content-Length"] = str(len(data))
+        elif method != "GET":
+            extra["Content-Length"] = "0"
+        lines = [f"{method} {self.path(path, query)} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in self.headers(extra).items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         attempts = GET_ATTEMPTS if method == "GET" else 1
         attempt = 0
         while True:
-            conn, reused = self._kept(timeout or self.timeout)
             try:
-                conn.request(method, target, body=data, headers=headers)
-                response = conn.getresponse()
-                payload = response.read()
-            except (OSError, http.client.HTTPException) as e:
+                conn, reused = self._kept()
+                status, payload, keep = conn.round_trip(head + data, timeout or self.timeout)
+            except (OSError, http.client.HTTPException, ValueError) as e:
                 self._drop()
                 if reused and isinstance(e, _STALE):
                     continue  # the server had closed it: the request never reached it
@@ -116,12 +120,75 @@ class Http:
                     raise PooldError(f"{method} {path}: {e}") from e
                 time.sleep(0.2 * 2**attempt)
                 continue
-            if response.will_close:
+            if not keep:
                 self._drop()
             break
-        if response.status >= 400:
-            raise problem_error(method, path, response.status, payload)
+        if status >= 400:
+            raise problem_error(method, path, status, payload)
         return json.loads(payload) if payload else None
+
+
+class _Kept:
+    """One kept-alive connection and the least of HTTP/1.1 a JSON round trip needs: the
+    request in one write (``TCP_NODELAY``), the status line, the three headers that frame the
+    body, and the body (``Content-Length``, chunked, or up to the close)."""
+
+    _LIMIT = 65536
+
+    def __init__(self, address, https, timeout):
+        sock = socket.create_connection(address, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if https:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address[0])
+        self._sock = sock
+        self._file = sock.makefile("rb")
+
+    def close(self):
+        self._file.close()
+        self._sock.close()
+
+    def round_trip(self, request, timeout):
+        """Send ``request`` (bytes); return (status, body, whether the connection stays)."""
+        self._sock.settimeout(timeout)
+        self._sock.sendall(request)
+        readline = self._file.readline
+        line = readline(self._LIMIT)
+        if not line:
+            raise http.client.RemoteDisconnected("the connection closed before the answer")
+        version, status = line.split(None, 2)[:2]
+        status = int(status)
+        length, chunked, keep = None, False, version != b"HTTP/1.0"
+        while True:
+            header = readline(self._LIMIT)
+            if header in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = header.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value
+            elif name == b"connection":
+                keep = value == b"keep-alive" or (keep and value != b"close")
+        if chunked:
+            return status, self._chunked(), keep
+        if length is None:
+            return status, self._file.read(), False
+        body = self._file.read(length)
+        if len(body) != length:
+            raise http.client.IncompleteRead(body, length - len(body))
+        return status, body, keep
+
+    def _chunked(self):
+        parts = []
+        while True:
+            size = int(self._file.readline(self._LIMIT).split(b";")[0], 16)
+            if size == 0:
+                while self._file.readline(self._LIMIT) not in (b"\r\n", b"\n", b""):
+                    pass  # trailer fields
+                return b"".join(parts)
+            parts.append(self._file.read(size))
+            self._file.readline(self._LIMIT)
 
 
 def problem_error(method, path, status, payload):
