@@ -147,6 +147,10 @@ class _Kept:
         self._file.close()
         self._sock.close()
 
+    # Kept-alive connections outlive requests by design: close one when its pool (or thread)
+    # lets go of it.
+    __del__ = close
+
     def round_trip(self, request, timeout):
         """Send ``request`` (bytes); return (status, body, whether the connection stays)."""
         self._sock.settimeout(timeout)

@@ -426,6 +426,7 @@ class AsyncResult:
         self._ready = threading.Event()
         self._value = None
         self._error = None
+        self._close_connection = pool._http.close  # the thread's own kept-alive one
         thread = threading.Thread(
             target=self._run, args=(collect,), daemon=True, name=f"poold-{job_id}"
         )
@@ -444,6 +445,7 @@ class AsyncResult:
                 if self._callback is not None:
                     self._callback(self._value)
         finally:
+            self._close_connection()
             self._ready.set()
 
     def ready(self):
