@@ -136,6 +136,7 @@ class _Kept:
     _LIMIT = 65536
 
     def __init__(self, address, https, timeout):
+        self._sock = self._file = None
         sock = socket.create_connection(address, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if https:
@@ -144,8 +145,9 @@ class _Kept:
         self._file = sock.makefile("rb")
 
     def close(self):
-        self._file.close()
-        self._sock.close()
+        for part in (self._file, self._sock):
+            if part is not None:
+                part.close()
 
     # Kept-alive connections outlive requests by design: close one when its pool (or thread)
     # lets go of it.
