@@ -108,6 +108,7 @@ class Http:
         attempts = GET_ATTEMPTS if method == "GET" else 1
         attempt = 0
         while True:
+            reused = False
             try:
                 conn, reused = self._kept()
                 status, payload, keep = conn.round_trip(head + data, timeout or self.timeout)
