@@ -5,6 +5,7 @@ the bearer token, problem documents turned into PooldError, and ``Pool(...)`` bu
 import http.server
 import json
 import os
+import socket
 import threading
 import unittest
 from unittest import mock
@@ -63,6 +64,15 @@ class HttpTest(unittest.TestCase):
             poold.Pool(url=self.url).job("42")
         self.assertEqual((caught.exception.status, caught.exception.code), (404, "job_not_found"))
         self.assertIn("no job 42", str(caught.exception))
+
+    def test_a_service_that_cannot_be_reached_is_a_poold_error(self):
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with self.assertRaises(poold.PooldError) as caught:
+            poold.Pool(url=f"http://127.0.0.1:{port}").functions()
+        self.assertIsNone(caught.exception.status)
+        self.assertIn("GET /v1/functions", str(caught.exception))
 
     def test_url_and_token_come_from_the_environment(self):
         with mock.patch.dict(os.environ, {"POOLD_URL": self.url, "POOLD_API_TOKEN": "from-env"}):
