@@ -83,6 +83,7 @@ pub struct CreateJob<'a> {
     /// At most this many of the job's chunks run at once across all workers, pipelined ones
     /// included (1 to 1000000), like `Pool(processes=N)`. Default: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_concurrency: Option<i64>,
     /// How items, kwargs values and values travel: `json` (default) or `pickle` (base64
     /// pickles, opaque to poold). A codec no worker accepts is a 422 `unsupported_codec`.
