@@ -5,8 +5,8 @@ Each call is one map job:
 - ``map``/``imap``/``imap_unordered``/``starmap`` and the async forms upload the iterable as
   NDJSON while it is consumed, and read results as they are recorded over server-sent events
   (``?order=completion`` for unordered), resuming after a dropped connection
-  (:mod:`poold._jobs`, :mod:`poold._http`). ``map`` is ``list(imap(...))`` taken a block at a
-  time: it raises the first item error, in index order.
+  (:mod:`poold._upload`, :mod:`poold._jobs`, :mod:`poold._sse`). ``map`` is
+  ``list(imap(...))`` taken a block at a time: it raises the first item error, in index order.
 - ``apply``/``apply_async`` send a one-item JSON job and wait for its result
   (``GET /v1/jobs/{id}/results?wait=``).
 
@@ -26,7 +26,8 @@ import weakref
 
 from ._codec import CODECS, Codec, function_name, take_apart
 from ._http import Http
-from ._jobs import AsyncResult, IMapIterator, Submission, ended_early
+from ._jobs import AsyncResult, IMapIterator, ended_early
+from ._upload import Submission
 from .errors import PooldError, remote_exception
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
