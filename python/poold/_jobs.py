@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import threading
 
-from ._http import PooldError
+from .errors import PooldError
 from ._sse import EventStream
 from .errors import remote_exception
 

@@ -13,7 +13,8 @@ import re
 import socket
 import time
 
-from ._http import PooldError, problem_error
+from ._http import problem_error
+from .errors import PooldError
 
 #: An event stream that says nothing for this long is taken as dropped (poold sends a
 #: keep-alive comment every 15 s).

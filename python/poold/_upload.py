@@ -16,7 +16,8 @@ import threading
 import time
 import uuid
 
-from ._http import PooldError, Upload
+from ._http import Upload
+from .errors import PooldError
 
 #: The metadata key that marks a job uploaded by this client, to find its id.
 UPLOAD_MARK = "poold.upload"
