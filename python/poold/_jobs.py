@@ -8,9 +8,8 @@ import json
 import multiprocessing
 import threading
 
-from .errors import PooldError
 from ._sse import EventStream
-from .errors import remote_exception
+from .errors import PooldError, remote_exception
 
 
 class IMapIterator:
