@@ -1,6 +1,7 @@
-"""The Python functions both sides of the benchmark run: `benches/worker.py` serves them to
-poold over the worker protocol, and `benches/run.py` hands the same objects to the local
-`multiprocessing.Pool`, so a ratio measures poold's overhead, not a different function."""
+"""The Python functions every side of the benchmark runs: poold's workers serve them
+(`python -m poold.worker funcs`), and `benches/run.py` hands the same objects to the local
+`multiprocessing.Pool` (and Ray's), so a ratio measures poold's overhead, not a different
+function."""
 
 import time
 

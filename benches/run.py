@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""poold against the local multiprocessing.Pool(2), side by side, in one run (issue 6).
+"""poold against the local multiprocessing.Pool(2), side by side, in one run (issues 6 and 13).
 
     cargo build --release && python3 benches/run.py            # full run, medians of 3
     python3 benches/run.py --quick                             # smoke run: 1 repetition, small sizes
     python3 benches/run.py --only 1,5 --reps 5                 # some workloads
+    python3 benches/run.py --only 9-13 --python VENV/bin/python  # with a Ray column
 
 Each poold sample starts `target/release/poold serve` on a fresh temporary SQLite database
-(2 workers running `benches/worker.py`, or the built-in Rust worker for the extra rows), waits
-until every worker is idle, and talks to it over loopback with a keep-alive client
-(`rawhttp.py`). Each Pool sample uses a fresh `multiprocessing.Pool(2)` created before the
-clock starts. Both sides run the same functions from `funcs.py`. Samples of the two sides
-alternate, and each figure is the median over the repetitions; ratios are taken between
-medians of the same run. See benches/README.md for what each workload measures.
+(2 workers running the SDK worker, `python -m poold.worker funcs`, or the built-in Rust worker
+for the extra rows), waits until every worker is idle, and talks to it over loopback with a
+keep-alive client (`rawhttp.py`) for workloads 1-8, or with `poold.Pool` for 9-13
+(`sdk.py`). Each Pool sample uses a fresh `multiprocessing.Pool(2)` created before the clock
+starts; with `--python`, 9-13 also run `ray.util.multiprocessing.Pool(2)` under that
+interpreter (`ray_side.py`). Every side runs the same functions from `funcs.py`. Samples of
+the sides alternate, and each figure is the median over the repetitions; ratios are taken
+between medians of the same run. See benches/README.md for what each workload measures.
 """
 
 import argparse
@@ -33,12 +36,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import sdk  # noqa: E402
 from funcs import FUNCTIONS, spin, square  # noqa: E402
 from rawhttp import Http  # noqa: E402
 
-WORKER = os.path.join(HERE, "worker.py")
 # The real interpreter, never a pyenv shim (a shim costs ~135 ms per worker spawn).
 PYTHON = os.path.realpath(sys.executable)
+# The Python workers are the SDK's, serving funcs.py (found through PYTHONPATH).
+WORKER_COMMAND = f"{shlex.quote(PYTHON)} -m poold.worker funcs"
+WORKER_PATH = os.pathsep.join([os.path.join(ROOT, "python"), HERE])
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -59,11 +65,13 @@ class Server:
         args = [poold, "serve", "--bind", "127.0.0.1:0", "--workers", str(workers),
                 "--database", os.path.join(self.dir.name, "poold.db"),
                 "--shutdown-grace", "0", "--kill-grace", "0.5"]
+        env = dict(os.environ)
         if worker == "python":
-            args += ["--worker-command", f"{shlex.quote(PYTHON)} {shlex.quote(WORKER)}"]
+            args += ["--worker-command", WORKER_COMMAND]
+            env["PYTHONPATH"] = WORKER_PATH
         self.log_path = os.path.join(self.dir.name, "poold.log")
         self.log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log_file)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log_file, env=env)
         try:
             line = self._first_line(30.0)
             prefix = "poold listening on http://"
@@ -105,6 +113,17 @@ class Server:
 
     def http(self, timeout=600.0):
         return Http(self.host, self.port, timeout)
+
+    def pool(self):
+        """GET /v1/pool."""
+        conn = self.http()
+        try:
+            status, _, body = conn.request("GET", "/v1/pool")
+            if status != 200:
+                raise RuntimeError(f"GET /v1/pool: {status}")
+            return json.loads(body)
+        finally:
+            conn.close()
 
     def proc_status(self):
         """VmRSS and VmHWM of the poold process, in bytes."""
@@ -431,9 +450,10 @@ def reps_of(reps, *samplers):
 
 
 class Row:
-    def __init__(self, workload, poold, pool, ratio, bar, unit, better):
+    def __init__(self, workload, poold, pool, ratio, bar, unit, better, ray=None):
         self.workload, self.poold, self.pool, self.ratio = workload, poold, pool, ratio
         self.bar, self.unit, self.better = bar, unit, better  # bar = (must, target) on `better`
+        self.ray = ray  # Ray Pool(2)'s figure (9-13 with --python); the ratio is then to it
 
     def verdict(self):
         if self.bar is None:
@@ -472,9 +492,9 @@ def fmt(x):
 
 
 def print_table(rows):
-    header = ["workload", "poold", "Pool(2)", "ratio", "bars", "result"]
-    lines = [[r.workload, f"{fmt(r.poold)} {r.unit}", f"{fmt(r.pool)} {r.unit}"
-              if r.pool is not None else "—",
+    header = ["workload", "poold", "Pool(2)", "Ray Pool(2)", "ratio", "bars", "result"]
+    cell = lambda x, unit: f"{fmt(x)} {unit}" if x is not None else "—"  # noqa: E731
+    lines = [[r.workload, cell(r.poold, r.unit), cell(r.pool, r.unit), cell(r.ray, r.unit),
               f"{r.ratio:.3f}×" if r.ratio is not None else "—", r.bars(), r.verdict()]
              for r in rows]
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
@@ -490,15 +510,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, sizes / 10")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
-    parser.add_argument("--only", help="comma-separated workload numbers, e.g. 1,5")
+    parser.add_argument("--only", help="workload numbers, e.g. 1,5 or 9-13")
     parser.add_argument("--poold", default=os.path.join(ROOT, "target", "release", "poold"))
+    parser.add_argument("--python", help="an interpreter that can import ray: adds "
+                        "ray.util.multiprocessing.Pool(2) to workloads 9-13")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if not os.access(args.poold, os.X_OK):
         sys.exit(f"{args.poold} not found: run `cargo build --release` first")
     reps = args.reps or (1 if args.quick else 3)
     scale = 10 if args.quick else 1
-    only = {int(w) for w in args.only.split(",")} if args.only else set(range(1, 9))
+    only = set(range(1, 14))
+    if args.only:
+        only = set()
+        for part in args.only.split(","):
+            first, _, last = part.partition("-")
+            only.update(range(int(first), int(last or first) + 1))
+    ray_version = sdk.ray_available(args.python)
+    if args.python and ray_version is None:
+        sys.exit(f"{args.python} cannot import ray")
+    ray_python = args.python if ray_version else None
     poold = args.poold
     rows, notes, raw = [], [], {}
     started = time.monotonic()
@@ -510,7 +541,8 @@ def main():
                             capture_output=True, text=True).stdout.strip()
     print(f"# poold vs multiprocessing.Pool(2) — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# commit {commit}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"repetitions {reps}{', quick' if args.quick else ''}, load average at start {load()}")
+          f"repetitions {reps}{', quick' if args.quick else ''}, load average at start {load()}"
+          + (f", Ray {ray_version}" if ray_version else ", no Ray (--python)"))
     sys.stdout.flush()
 
     def throughput(num, label, function, items, chunksize, how):
@@ -624,8 +656,82 @@ def main():
         notes.append(f"8: poold VmRSS before the POST {idle:.1f} MB; Pool column is the "
                      f"VmHWM of a fresh Python parent running Pool(2).map(square, range(n)).")
 
+    def on_server(sample, *args):
+        """A sample on a fresh server with the SDK worker."""
+        with Server(poold, "python") as server:
+            return sample(server, *args)
+
+    def cpu_note(number, samples):
+        """Where the CPU went in poold's samples (medians): which side bounds the row."""
+        part = {k: statistics.median(s[k] for s in samples)
+                for k in ("client_cpu", "server_cpu", "workers_cpu")}
+        notes.append(f"{number}: CPU per sample: client {part['client_cpu']:.2f} s, poold "
+                     f"{part['server_cpu']:.2f} s, its workers {part['workers_cpu']:.2f} s")
+        return part
+
+    def sdk_throughput(number, label, workload, n, chunksize, bar, better="ratio-high"):
+        log(f"[{number}] {label} …")
+        samplers = [lambda: on_server(sdk.poold_sample, workload, n, chunksize),
+                    lambda: sdk.pool_sample(workload, n, chunksize)]
+        if ray_python:
+            samplers.append(lambda: sdk.ray_sample(ray_python, workload, n, chunksize))
+        got = reps_of(reps, *samplers)
+        py = n / statistics.median(s["figure"] for s in got[0])
+        pool = n / statistics.median(got[1])
+        ray = n / statistics.median(got[2]) if ray_python else None
+        raw[str(number)] = {"poold": got[0], "pool_s": got[1],
+                            "ray_s": got[2] if ray_python else None}
+        cpu_note(number, got[0])
+        rows.append(Row(label, py, pool, py / ray if ray else None, bar, "items/s", better, ray))
+
+    def workload_9():
+        n = 200_000 // scale
+        sdk_throughput(9, f"9. SDK map {n:,}, auto chunksize", "map", n, None, (1.0, None))
+
+    def workload_10():
+        n = 200_000 // scale
+        sdk_throughput(10, f"10. SDK imap {n:,}, chunksize 1000", "imap", n, 1000, (1.0, None))
+
+    def workload_11():
+        n = 1_000_000 // scale
+        log(f"[11] the SDK reads a finished {n:,}-item job …")
+        server, job_id = replay_server(poold, n)
+        try:
+            got = reps_of(reps, lambda: sdk.poold_replay(server, job_id, n))[0]
+        finally:
+            server.stop()
+        raw["11"] = got
+        cpu_note(11, got)
+        rows.append(Row(f"11. SDK reads a finished {n:,}-item job",
+                        n / statistics.median(s["figure"] for s in got), None, None,
+                        (500_000, None), "items/s", "abs-high"))
+
+    def workload_12():
+        n = 5_000 // scale
+        sdk_throughput(12, f"12. SDK imap {n:,}, chunksize 1", "imap", n, 1, (10.0, None))
+
+    def workload_13():
+        calls = 300 // scale
+        log(f"[13] apply round trip, {calls} calls × {reps} …")
+        samplers = [lambda: on_server(sdk.poold_sample, "apply", calls),
+                    lambda: sdk.pool_sample("apply", calls)]
+        if ray_python:
+            samplers.append(lambda: sdk.ray_sample(ray_python, "apply", calls))
+        got = reps_of(reps, *samplers)
+        py = statistics.median(sdk.percentile(s["figure"], 50) for s in got[0]) * 1000
+        py99 = statistics.median(sdk.percentile(s["figure"], 99) for s in got[0]) * 1000
+        pool = statistics.median(sdk.percentile(t, 50) for t in got[1]) * 1000
+        ray = statistics.median(r["p50_ms"] for r in got[2]) if ray_python else None
+        ray99 = statistics.median(r["p99_ms"] for r in got[2]) if ray_python else None
+        raw["13"] = {"poold_p50_ms": py, "poold_p99_ms": py99, "pool_p50_ms": pool,
+                     "ray_p50_ms": ray, "ray_p99_ms": ray99}
+        rows.append(Row("13. SDK apply round trip, p50", py, pool, py / ray if ray else None,
+                        (1.0, None), "ms", "ratio-low", ray))
+        notes.append(f"13: p99 poold {py99:.2f} ms" + (f", Ray {ray99:.2f} ms" if ray else ""))
+
     workloads = [workload_1, workload_2, workload_3, workload_4, workload_5, workload_6,
-                 workload_7, workload_8]
+                 workload_7, workload_8, workload_9, workload_10, workload_11, workload_12,
+                 workload_13]
     try:
         for number, workload in enumerate(workloads, 1):
             if number not in only:

@@ -23,6 +23,9 @@ pub const MAX_CHUNKSIZE: u32 = 1_000_000;
 /// Most runs of a chunk whose worker dies (`max_attempts`).
 pub const MAX_ATTEMPTS: u32 = 100;
 
+/// Largest `max_concurrency` a job may name.
+pub const MAX_CONCURRENCY: u32 = 1_000_000;
+
 /// A chunk holds at most `chunksize` items and at most this many bytes of item JSON (a
 /// chunk's first item is always taken, however big): a task line to a worker stays small, so
 /// memory stays bounded whatever the chunksize, and its result line stays far below the

@@ -88,6 +88,36 @@ impl FromStr for OnError {
     }
 }
 
+/// How a job's items, kwargs values and item values travel between client and worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Plain JSON values.
+    Json,
+    /// Each item, each kwargs value and each value is a JSON string holding a base64 pickle
+    /// (Python to Python). poold stores and shows them as opaque strings and never unpickles.
+    Pickle,
+}
+
+impl Codec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Pickle => "pickle",
+        }
+    }
+}
+
+impl FromStr for Codec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(Self::Json),
+            "pickle" => Ok(Self::Pickle),
+            other => Err(format!("unknown codec {other:?}")),
+        }
+    }
+}
+
 /// How to run a job's items: what the client asked for, after defaults were applied.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -103,6 +133,9 @@ pub struct JobSpec {
     pub priority: i32,
     /// A JSON object of free-form labels, returned as given.
     pub metadata: Box<RawValue>,
+    pub codec: Codec,
+    /// At most this many of its chunks in flight at once (`Pool(processes=N)`); `None`: no cap.
+    pub max_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

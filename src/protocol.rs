@@ -15,13 +15,27 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest line either side accepts (a task carries a whole chunk of items).
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A function a worker offers.
+/// A function a worker offers. `name` may be qualified (`module:qualname`, e.g. `time:sleep`);
+/// `aliases` are other names the worker also accepts for it (e.g. the bare `square` of
+/// `mymodule:square`), an extension of version 1 that older workers never send.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FunctionInfo {
     pub name: String,
     #[serde(default)]
     pub doc: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
+
+impl FunctionInfo {
+    /// Whether a job naming `function` means this one.
+    pub fn answers_to(&self, function: &str) -> bool {
+        self.name == function || self.aliases.iter().any(|a| a == function)
+    }
+}
+
+/// The codec every worker accepts, and the one a `hello` without `codecs` means.
+pub const JSON_CODEC: &str = "json";
 
 /// Messages from the worker to poold. Parse with [`WorkerMessage::parse`]: serde's internally
 /// tagged enums cannot carry raw JSON values, so the `type` field is read first.
@@ -32,6 +46,9 @@ pub enum WorkerMessage {
         protocol: u32,
         pid: u32,
         functions: Vec<FunctionInfo>,
+        /// The codecs of item values it accepts (`json`, `pickle`); a hello without them
+        /// means `["json"]`.
+        codecs: Vec<String>,
     },
     /// The outcome of one task: exactly one entry per item, in item order.
     Result { id: u64, results: Vec<ItemOutcome> },
@@ -48,6 +65,12 @@ struct HelloFields {
     protocol: u32,
     pid: u32,
     functions: Vec<FunctionInfo>,
+    #[serde(default = "json_only")]
+    codecs: Vec<String>,
+}
+
+fn json_only() -> Vec<String> {
+    vec![JSON_CODEC.to_string()]
 }
 
 #[derive(Deserialize)]
@@ -65,11 +88,13 @@ impl WorkerMessage {
                     protocol,
                     pid,
                     functions,
+                    codecs,
                 } = serde_json::from_str(line)?;
                 Ok(Self::Hello {
                     protocol,
                     pid,
                     functions,
+                    codecs,
                 })
             }
             "result" => {
@@ -212,6 +237,10 @@ pub enum PooldMessage<'a> {
         kwargs: &'a RawValue,
         star: bool,
         items: &'a RawValue,
+        /// Sent only when it is not `json`, so that workers written before codecs existed
+        /// see the tasks they always saw.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        codec: Option<&'a str>,
     },
 }
 
@@ -229,6 +258,9 @@ pub struct Task {
     #[serde(default)]
     pub star: bool,
     pub items: Vec<Box<RawValue>>,
+    /// Absent means `json`.
+    #[serde(default)]
+    pub codec: Option<String>,
 }
 
 /// The most log text kept per item; the rest is cut and [`LOG_TRUNCATED`] appended.
@@ -302,6 +334,10 @@ pub struct ItemError {
     pub message: String,
     #[serde(default)]
     pub traceback: Option<String>,
+    /// In `pickle` jobs, the exception itself as a base64 pickle, so that a Python client can
+    /// raise it with its own type. Opaque to poold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickle: Option<String>,
 }
 
 impl ItemOutcome {
@@ -348,6 +384,7 @@ impl ItemError {
             kind: kind.into(),
             message: message.into(),
             traceback: None,
+            pickle: None,
         }
     }
 }
@@ -489,8 +526,13 @@ mod tests {
             kwargs: &kwargs,
             star: false,
             items: &items,
+            codec: None,
         })
         .unwrap();
+        assert!(
+            !line.contains("codec"),
+            "json tasks look as they always did: {line}"
+        );
         let task: Task = serde_json::from_str(&line).unwrap();
         assert_eq!(
             (task.kind.as_str(), task.function.as_str(), task.items.len()),
@@ -511,5 +553,29 @@ mod tests {
         assert!(outcome.value.is_none());
         assert_eq!(outcome.error.unwrap().kind, "invalid_result");
         assert_eq!(outcome.log.as_deref(), Some("printed"));
+    }
+
+    #[test]
+    fn hello_codecs_default_to_json_and_aliases_are_optional() {
+        let WorkerMessage::Hello {
+            codecs, functions, ..
+        } = WorkerMessage::parse(HELLO).unwrap()
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(codecs, [JSON_CODEC]);
+        assert!(functions.is_empty());
+
+        let line = r#"{"type":"hello","protocol":1,"pid":7,"codecs":["json","pickle"],
+            "functions":[{"name":"m:square","doc":"","aliases":["square"]},{"name":"time:sleep"}]}"#;
+        let WorkerMessage::Hello {
+            codecs, functions, ..
+        } = WorkerMessage::parse(line).unwrap()
+        else {
+            panic!("not a hello")
+        };
+        assert_eq!(codecs, ["json", "pickle"]);
+        assert!(functions[0].answers_to("square") && functions[0].answers_to("m:square"));
+        assert!(functions[1].answers_to("time:sleep") && !functions[1].answers_to("sleep"));
     }
 }

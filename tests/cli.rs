@@ -431,3 +431,31 @@ async fn watch_re_attaches_after_a_dropped_connection_without_losing_or_repeatin
     let expected: Vec<Value> = (0..30).map(|i| json!({"index": i, "value": 0.2})).collect();
     assert_eq!(results, expected);
 }
+
+#[tokio::test]
+async fn submit_passes_max_concurrency_and_status_shows_it() {
+    let app = TestApp::spawn().await;
+    let args = [
+        "submit",
+        "square",
+        "--items",
+        "[1, 2, 3]",
+        "--max-concurrency",
+        "1",
+    ];
+    let run = poold(&app, &args, None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let id = run.stdout.trim().to_string();
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["max_concurrency"].as_u64(), job["done"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let run = poold(&app, &["status", &id], None).await;
+    assert!(run.stdout.contains("max_concurrency 1\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("codec           json\n"),
+        "{}",
+        run.stdout
+    );
+}

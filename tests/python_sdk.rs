@@ -2,26 +2,16 @@
 //! `poold`, so that `cargo test --release` (and `.ci/run`) covers the SDK too. They start the
 //! real binary with `python -m poold.worker` workers; see `python/tests/poold_server.py`.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::real_python;
+
 /// The suite takes seconds; this only stops a hung run.
 const LIMIT: Duration = Duration::from_secs(300);
-
-/// The real interpreter behind `python3`: the pyenv shim costs ~135 ms per start, and the
-/// suite starts poold workers with `sys.executable`, which must not be a shim either.
-fn real_python() -> String {
-    let output = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is needed to test the Python SDK");
-    assert!(output.status.success(), "python3 failed: {output:?}");
-    String::from_utf8(output.stdout)
-        .expect("utf-8 path")
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn python_sdk_unittests_pass() {

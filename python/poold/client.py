@@ -1,63 +1,124 @@
-"""``poold.Pool``: the ``multiprocessing.Pool`` API over poold's HTTP API.
+"""``poold.Pool``: ``multiprocessing.Pool``'s API, with a poold service as its workers.
 
-Each call submits one map job (``POST /v1/jobs``) and reads its results back:
+Each call is one map job:
 
-- ``map``/``starmap``/``apply`` and their ``*_async`` forms wait for the job to finish
-  (``GET /v1/jobs/{id}?wait=``) and read its results in pages (``GET /v1/jobs/{id}/results``);
-  the async forms do that on a thread, as ``Pool`` does, and call ``callback`` or
-  ``error_callback`` there.
-- ``imap``/``imap_unordered`` stream results as they are recorded, over server-sent events
-  (``GET /v1/jobs/{id}/events``, ``?order=completion`` for unordered), resuming after a
-  dropped connection with ``Last-Event-ID`` (see :class:`poold._http.EventStream`).
+- ``map``/``imap``/``imap_unordered``/``starmap`` and the async forms upload the iterable as
+  NDJSON while it is consumed, and read results as they are recorded over server-sent events
+  (``?order=completion`` for unordered), resuming after a dropped connection
+  (:mod:`poold._upload`, :mod:`poold._jobs`, :mod:`poold._sse`). ``map`` is
+  ``list(imap(...))`` taken a block at a time: it raises the first item error, in index order.
+- ``apply``/``apply_async`` send a one-item JSON job and wait for its result
+  (``GET /v1/jobs/{id}/results?wait=``).
 
-Functions are named by string or by a function object (its ``__name__``; the worker must
-serve a function of that name). ``functools.partial`` objects work: their keywords become
-the job's ``kwargs`` and their positional arguments go before each item. Items and results
-travel as JSON: tuples come back as lists.
+Functions travel by name, ``module:qualname``; items and values as JSON or, with
+``codec="pickle"``, as pickles (:mod:`poold._codec`). Remote item errors raise as their own
+type with the remote traceback as ``__cause__`` (:mod:`poold.errors`).
 
 ``close``/``join``/``terminate`` apply to the jobs *this* ``Pool`` object submitted; they
 never close poold's pool for other clients. ``terminate`` (and leaving a ``with`` block)
 cancels this object's unfinished jobs.
 """
 
-import functools
-import multiprocessing
+import json
+import os
 import threading
+import weakref
 
-from ._http import EventStream, Http
-from .errors import PooldError, remote_error
+from ._codec import CODECS, Codec, function_name, take_apart
+from ._http import Http
+from ._jobs import AsyncResult, IMapIterator, ended_early
+from ._upload import Submission
+from .errors import PooldError, remote_exception
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
+#: Where poold is when neither ``url`` nor ``POOLD_URL`` says (as for the ``poold`` CLI).
+DEFAULT_URL = "http://127.0.0.1:8080"
 #: Seconds each long-poll asks poold to wait (``?wait=``) before asking again.
 _LONG_POLL = 30
-_PAGE = 10000
+#: poold's automatic chunksize is capped at this (``Pool.map``'s rule otherwise).
+_MAX_AUTO_CHUNKSIZE = 1000
+#: poold's chunksize for an upload that names none (its length is unknown).
+_STREAM_CHUNKSIZE = 100
+#: The upload runs at most this many items ahead of the results taken (or 8 chunks per
+#: worker, if more).
+_MIN_WINDOW = 4096
 _FINISHED = ("completed", "failed", "cancelled")
 
 
-def _function_name(func):
-    if isinstance(func, str):
-        return func
-    name = getattr(func, "__name__", None)
-    if not name:
-        raise TypeError(f"cannot name the remote function for {func!r}: pass its name")
-    return name
+def _length(iterable):
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
 
 
 class Pool:
-    """A ``multiprocessing.Pool`` whose workers are a poold service at ``url``.
+    """A ``multiprocessing.Pool`` whose workers are a poold service.
 
-    ``token`` is sent as ``Authorization: Bearer <token>``. ``timeout`` bounds each HTTP
-    request (long-polls add their wait to it).
+    ``Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, *, url=None,
+    token=None, codec="json", timeout=30.0)``:
+
+    - ``url`` defaults to ``$POOLD_URL``, then ``http://127.0.0.1:8080``; ``token`` (sent as
+      ``Authorization: Bearer``) to ``$POOLD_API_TOKEN``.
+    - ``processes=N`` caps how many chunks of each of this pool's jobs run at once on the
+      server (the job field ``max_concurrency``); ``None`` uses every worker poold has.
+    - ``initializer`` and ``maxtasksperchild`` belong to the workers, which the server's
+      operator starts: ``python -m poold.worker ... --initializer`` and ``poold serve
+      --max-tasks-per-worker``. Passing them here raises ``ValueError``.
+    - ``codec="pickle"`` sends items and kwargs as pickles and gets values back as pickles, so
+      any picklable value round-trips (the workers must run with ``--allow-pickle``).
+    - ``timeout`` bounds each HTTP request (long-polls add their wait to it).
     """
 
-    def __init__(self, url, token=None, *, timeout=30.0):
+    def __init__(
+        self,
+        processes=None,
+        initializer=None,
+        initargs=(),
+        maxtasksperchild=None,
+        *,
+        url=None,
+        token=None,
+        codec="json",
+        timeout=30.0,
+    ):
+        if isinstance(processes, str):
+            raise TypeError(
+                "the first argument of poold.Pool is processes, as for multiprocessing.Pool: "
+                "pass the service as url=... (or set POOLD_URL)"
+            )
+        if processes is not None:
+            if isinstance(processes, bool) or not isinstance(processes, int):
+                raise TypeError(f"processes must be an int or None, got {processes!r}")
+            if processes < 1:
+                raise ValueError("Number of processes must be at least 1")
+        if initializer is not None:
+            raise ValueError(
+                "poold.Pool cannot run an initializer in poold's workers: start the workers "
+                "with it instead, `python -m poold.worker MODULE --initializer mod:func "
+                "--initargs JSON` (see python/README.md)"
+            )
+        if maxtasksperchild is not None:
+            raise ValueError(
+                "poold.Pool cannot set maxtasksperchild: poold's workers are replaced after N "
+                "chunks when the server runs with `poold serve --max-tasks-per-worker N`"
+            )
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        url = url or os.environ.get("POOLD_URL") or DEFAULT_URL
+        if token is None:
+            token = os.environ.get("POOLD_API_TOKEN") or None
         self._http = Http(url, token, timeout)
         self.url = self._http.url
+        self.processes = processes
+        self.codec = codec
         self._state = _RUN
         self._lock = threading.Lock()
         self._jobs = {}  # id -> finished? for the jobs this object submitted
+        self._submissions = weakref.WeakSet()
         self._threads = []
+        self._size = None
 
     def __repr__(self):
         return f"<poold.Pool url={self.url!r} state={self._state}>"
@@ -81,16 +142,21 @@ class Pool:
             self._state = _CLOSE
 
     def terminate(self):
-        """Cancel this object's unfinished jobs and submit no more (``Pool.terminate``)."""
+        """Stop this object's uploads, cancel its unfinished jobs and submit no more
+        (``Pool.terminate``)."""
         self._state = _TERMINATE
         with self._lock:
             unfinished = [id_ for id_, done in self._jobs.items() if not done]
+            submissions = list(self._submissions)
+        for submission in submissions:
+            submission.stop()
         for id_ in unfinished:
             try:
                 self._http.request("POST", f"/v1/jobs/{id_}/cancel")
             except PooldError as e:
                 if e.status != 404:  # a job deleted meanwhile needs no cancelling
                     raise
+        self._http.close()
 
     def join(self):
         """Wait until every job this object submitted has finished (``Pool.join``; call
@@ -104,6 +170,7 @@ class Pool:
             self._wait_job(id_)
         for thread in threads:
             thread.join()
+        self._http.close()
 
     def _check_running(self):
         if self._state != _RUN:
@@ -113,41 +180,37 @@ class Pool:
 
     def apply(self, func, args=(), kwds=None):
         """``func(*args, **kwds)`` on a worker; its result."""
-        return self.apply_async(func, args, kwds).get()
+        job_id, codec = self._submit_one(func, args, kwds)
+        return self._collect_one(job_id, codec, {})
 
     def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None):
-        job = self._submit(func, [list(args)], star=True, chunksize=1, kwargs=kwds)
-        return AsyncResult(self, job, True, callback, error_callback)
+        job_id, codec = self._submit_one(func, args, kwds)
+        collect = lambda logs: self._collect_one(job_id, codec, logs)  # noqa: E731
+        return AsyncResult(self, job_id, collect, callback, error_callback)
 
     def map(self, func, iterable, chunksize=None):
         """``[func(x) for x in iterable]`` on the workers, in order. Raises the first item
-        error (by index) as a :class:`poold.RemoteError`."""
-        job = self._submit(func, iterable, star=False, chunksize=chunksize)
-        return self._collect(job)
+        error (by index), or the iterable's own exception."""
+        return self.imap(func, iterable, chunksize).all()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        job = self._submit(func, iterable, star=False, chunksize=chunksize)
-        return AsyncResult(self, job, False, callback, error_callback)
+        return self._async(self._iterator(func, iterable, chunksize, False, True), callback, error_callback)
 
     def starmap(self, func, iterable, chunksize=None):
         """``[func(*args) for args in iterable]`` on the workers, in order."""
-        job = self._submit(func, iterable, star=True, chunksize=chunksize)
-        return self._collect(job)
+        return self._iterator(func, iterable, chunksize, True, True).all()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        job = self._submit(func, iterable, star=True, chunksize=chunksize)
-        return AsyncResult(self, job, False, callback, error_callback)
+        return self._async(self._iterator(func, iterable, chunksize, True, True), callback, error_callback)
 
     def imap(self, func, iterable, chunksize=None):
         """An iterator of ``func(x)`` in order, yielding each result as soon as it and those
-        before it are done. ``len()`` of it is the number of items (for ``tqdm``)."""
-        job = self._submit(func, iterable, star=False, chunksize=chunksize)
-        return IMapIterator(self, job, ordered=True)
+        before it are done, while the iterable is still being uploaded."""
+        return self._iterator(func, iterable, chunksize, False, True)
 
     def imap_unordered(self, func, iterable, chunksize=None):
         """Like :meth:`imap`, in the order results complete."""
-        job = self._submit(func, iterable, star=False, chunksize=chunksize)
-        return IMapIterator(self, job, ordered=False)
+        return self._iterator(func, iterable, chunksize, False, False)
 
     # ---- beyond Pool ----
 
@@ -160,31 +223,110 @@ class Pool:
         """The job as poold shows it (``GET /v1/jobs/{id}``)."""
         return self._http.request("GET", f"/v1/jobs/{job_id}")
 
+    def results(self, job_id, ordered=True):
+        """The results of a job submitted earlier (by any client), as an ``imap`` iterator:
+        in index order (or completion order), as they are recorded, until the job ends. A
+        ``pickle`` job's values are unpickled only by a pool made with ``codec="pickle"``."""
+        job = self.job(job_id)
+        codec = Codec(job.get("codec", "json"), False, ())
+        if codec.pickled and not self.codec == "pickle":
+            raise ValueError(
+                f"job {job_id} uses the pickle codec: read it with poold.Pool(codec='pickle')"
+            )
+        return IMapIterator(self, job, None, codec, job["total"], ordered)
+
     # ---- internals ----
 
-    def _submit(self, func, iterable, star, chunksize, kwargs=None):
+    def _pool_size(self):
+        if self._size is None:
+            self._size = self._http.request("GET", "/v1/pool")["size"]
+        return self._size
+
+    def _spec(self, func, star, kwargs):
+        """The job's fields but items, and its codec."""
+        func, prefix, kwargs = take_apart(func, kwargs)
+        codec = Codec(self.codec, star, prefix)
+        spec = {"function": function_name(func), "star": codec.star, "kwargs": codec.kwargs(kwargs)}
+        if codec.pickled:
+            spec["codec"] = codec.name
+        if self.processes is not None:
+            spec["max_concurrency"] = self.processes
+        return spec, codec
+
+    def _iterator(self, func, iterable, chunksize, star, ordered):
         self._check_running()
-        kwargs = dict(kwargs or {})
-        prefix = []
-        while isinstance(func, functools.partial):
-            prefix = list(func.args) + prefix
-            kwargs = {**func.keywords, **kwargs}
-            func = func.func
-        if star:
-            items = [prefix + list(args) for args in iterable]
-        elif prefix:
-            items, star = [prefix + [item] for item in iterable], True
-        else:
-            items = list(iterable)
-        body = {"function": _function_name(func), "items": items, "star": star, "kwargs": kwargs}
+        spec, codec = self._spec(func, star, None)
+        length = _length(iterable)
         if chunksize is not None:
-            if chunksize < 1:
-                raise ValueError("chunksize must be 1 or more")
-            body["chunksize"] = chunksize
-        job = self._http.request("POST", "/v1/jobs", body)
+            if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+                raise ValueError(f"chunksize must be an int of 1 or more, got {chunksize!r}")
+        elif length is not None:  # Pool.map's rule, as poold applies it to JSON bodies
+            chunks = 4 * self._pool_size()
+            chunksize = max(1, min(_MAX_AUTO_CHUNKSIZE, -(-length // chunks)))
+        if chunksize is not None:
+            spec["chunksize"] = chunksize
+        per_chunk = chunksize or _STREAM_CHUNKSIZE
+        window = max(_MIN_WINDOW, 8 * self._pool_size() * per_chunk)
+        submission = Submission(
+            self._http, spec, iterable, codec, per_chunk, window, self._http.timeout
+        )
+        try:
+            job = submission.job()
+        except BaseException:
+            submission.stop()
+            raise
         with self._lock:
             self._jobs[job["id"]] = job["status"] in _FINISHED
-        return job
+            self._submissions.add(submission)
+        return IMapIterator(self, job, submission, codec, length, ordered)
+
+    def _async(self, iterator, callback, error_callback):
+        def collect(logs):
+            values = iterator.all()
+            logs.update(iterator.logs)
+            return values
+
+        return AsyncResult(self, iterator.job_id, collect, callback, error_callback)
+
+    def _submit_one(self, func, args, kwds):
+        """A one-item job for ``func(*args, **kwds)`` (a JSON body: its id comes at once)."""
+        self._check_running()
+        spec, codec = self._spec(func, True, kwds)
+        spec["items"] = [json.loads(codec.item(tuple(args)))]
+        spec["chunksize"] = 1
+        job = self._http.request("POST", "/v1/jobs", spec)
+        with self._lock:
+            self._jobs[job["id"]] = job["status"] in _FINISHED
+        return job["id"], codec
+
+    def _collect_one(self, job_id, codec, logs):
+        """Wait for the one-item job and return its value (or raise its error)."""
+        while True:
+            page = self._http.request(
+                "GET",
+                f"/v1/jobs/{job_id}/results",
+                query={"wait": _LONG_POLL, "limit": 1},
+                timeout=self._http.timeout + _LONG_POLL,
+            )
+            if page["results"]:
+                self._finished(job_id)
+                result = page["results"][0]
+                if "log" in result:
+                    logs[0] = result["log"]
+                if "error" in result:
+                    error = result["error"]
+                    if not codec.pickled:
+                        error.pop("pickle", None)
+                    raise remote_exception(error, 0, job_id)
+                return codec.value(result.get("value"))
+            job = self.job(job_id)
+            if job["status"] in _FINISHED:
+                self._finished(job_id)
+                raise ended_early(job)
+
+    def _track(self, thread):
+        with self._lock:
+            self._threads.append(thread)
 
     def _finished(self, job_id):
         with self._lock:
@@ -202,161 +344,3 @@ class Pool:
             if job["status"] in _FINISHED:
                 self._finished(job_id)
                 return job
-
-    def _collect(self, job, logs=None):
-        """Wait for the job, then return its values in order, or raise its first error."""
-        job_id = job["id"]
-        job = self._wait_job(job_id)
-        values = [None] * job["total"]
-        have = [False] * job["total"]
-        first_error = None
-        offset = 0
-        while True:
-            page = self._http.request(
-                "GET", f"/v1/jobs/{job_id}/results", query={"offset": offset, "limit": _PAGE}
-            )
-            for result in page["results"]:
-                index = result["index"]
-                have[index] = True
-                if logs is not None and "log" in result:
-                    logs[index] = result["log"]
-                if "error" in result:
-                    if first_error is None:
-                        first_error = remote_error(result["error"], index, job_id)
-                else:
-                    values[index] = result.get("value")
-            offset = page.get("next_offset")
-            if offset is None or not page["results"]:
-                break
-        if first_error is not None:
-            raise first_error
-        if job["status"] != "completed" or not all(have):
-            raise _ended_early(job)
-        return values
-
-
-def _ended_early(job):
-    why = f": {job['error']}" if job.get("error") else ""
-    return PooldError(
-        f"job {job['id']} ended {job['status']} with {job['done']} of {job['total']} results{why}"
-    )
-
-
-class AsyncResult:
-    """What ``apply_async``/``map_async``/``starmap_async`` return, like
-    ``multiprocessing.pool.AsyncResult``. ``job_id`` names the job; ``logs`` maps item index
-    to what the function printed for it (filled when the result is ready)."""
-
-    def __init__(self, pool, job, single, callback=None, error_callback=None):
-        self.job_id = job["id"]
-        self.logs = {}
-        self._pool = pool
-        self._single = single
-        self._callback = callback
-        self._error_callback = error_callback
-        self._ready = threading.Event()
-        self._value = None
-        self._error = None
-        thread = threading.Thread(target=self._run, args=(job,), daemon=True, name=f"poold-{self.job_id}")
-        with pool._lock:
-            pool._threads.append(thread)
-        thread.start()
-
-    def _run(self, job):
-        try:
-            try:
-                values = self._pool._collect(job, self.logs)
-            except Exception as e:
-                self._error = e
-                if self._error_callback is not None:
-                    self._error_callback(e)
-            else:
-                self._value = values[0] if self._single else values
-                if self._callback is not None:
-                    self._callback(self._value)
-        finally:
-            self._ready.set()
-
-    def ready(self):
-        return self._ready.is_set()
-
-    def successful(self):
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._error is None
-
-    def wait(self, timeout=None):
-        self._ready.wait(timeout)
-
-    def get(self, timeout=None):
-        """The result; raises the remote error, or ``multiprocessing.TimeoutError`` when it
-        is not ready within ``timeout`` seconds."""
-        if not self._ready.wait(timeout):
-            raise multiprocessing.TimeoutError
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-class IMapIterator:
-    """What ``imap``/``imap_unordered`` return: results as they stream in over SSE.
-
-    ``len()`` is the number of items. An item error raises :class:`poold.RemoteError` from
-    ``next()`` at that item; iterating on continues with the next ones, as with ``Pool``.
-    ``logs`` maps item index to what the function printed for it (filled as results arrive),
-    ``reconnects`` counts event-stream reconnections.
-    """
-
-    def __init__(self, pool, job, ordered):
-        self.job_id = job["id"]
-        self.logs = {}
-        self._pool = pool
-        self._total = job["total"]
-        self._yielded = 0
-        query = {"order": "index" if ordered else "completion"}
-        self._stream = EventStream(pool._http, f"/v1/jobs/{self.job_id}/events", query)
-        self._events = None
-
-    def __len__(self):
-        return self._total
-
-    def __iter__(self):
-        return self
-
-    @property
-    def reconnects(self):
-        return self._stream.reconnects
-
-    def __next__(self):
-        if self._yielded >= self._total:
-            self._done()
-            raise StopIteration
-        if self._events is None:
-            self._events = self._stream.events()
-        for event in self._events:
-            if event.event == "log":
-                data = event.json()
-                self.logs[data["index"]] = data["log"]
-            elif event.event == "result":
-                data = event.json()
-                self._yielded += 1
-                if self._yielded >= self._total:
-                    self._done()
-                if "error" in data:
-                    raise remote_error(data["error"], data["index"], self.job_id)
-                return data.get("value")
-            elif event.event == "end":
-                self._stream.close()
-                self._pool._finished(self.job_id)
-                raise _ended_early(event.json())
-        raise PooldError(f"the event stream of job {self.job_id} ended without its end")
-
-    next = __next__
-
-    def _done(self):
-        self._stream.close()
-        self._pool._finished(self.job_id)
-
-    def _drop_connection(self):
-        """Test hook: cut the event stream's connection as a network failure would."""
-        self._stream.drop()

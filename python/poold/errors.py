@@ -1,7 +1,12 @@
-"""Exceptions of the client: :class:`RemoteError` for an item that raised in a worker, and
-:class:`PooldError` for the service itself (HTTP errors, a job that ended early)."""
+"""Exceptions of the client: an item that raised in a worker comes back as its own exception
+type when the client can rebuild it (else :class:`RemoteError`), chained to a
+:class:`RemoteTraceback` as ``multiprocessing.Pool`` does; :class:`PooldError` is for the
+service itself (HTTP errors, a job that ended early)."""
 
+import base64
 import builtins
+import multiprocessing.pool
+import pickle
 
 
 class PooldError(Exception):
@@ -14,16 +19,24 @@ class PooldError(Exception):
         self.code = code
 
 
+class RemoteTraceback(multiprocessing.pool.RemoteTraceback):
+    """The ``__cause__`` of every remote item error: the worker's traceback as text, like
+    ``multiprocessing.pool.RemoteTraceback`` (of which it is a subclass). Also names the item:
+    ``index`` in the job ``job_id``."""
+
+    def __init__(self, tb, index=None, job_id=None):
+        super().__init__(f'\n"""\n{tb.rstrip()}\n"""' if tb else "(no remote traceback)")
+        self.index = index
+        self.job_id = job_id
+
+
 class RemoteError(Exception):
-    """An item raised an exception in a worker.
+    """An item raised an exception in a worker whose type the client cannot rebuild: a
+    custom exception under the ``json`` codec, or errors that are not Python's (``timeout``,
+    ``worker_exited``, ``out_of_memory``).
 
     ``type_name``, ``message`` and ``traceback`` (text, may be None) are the remote
-    exception's; ``index`` is the item's index in the job and ``job_id`` the job. When the
-    remote type is a built-in exception (``ValueError``, ``KeyError``, …) the instance raised
-    is also an instance of that type, so ``except ValueError`` works as it does with
-    ``multiprocessing.Pool``. Types that are not Python's (``timeout``, ``worker_exited``),
-    and ``StopIteration`` (which would end a ``for`` loop over ``imap`` quietly), come as
-    plain ``RemoteError``.
+    exception's; ``index`` is the item's index in the job and ``job_id`` the job.
     """
 
     def __init__(self, type_name, message, traceback=None, index=None, job_id=None):
@@ -36,50 +49,57 @@ class RemoteError(Exception):
 
     def __str__(self):
         where = f" (item {self.index})" if self.index is not None else ""
-        text = f"{self.type_name}: {self.message}{where}"
-        if self.traceback:
-            text += "\n\nRemote traceback:\n" + self.traceback.rstrip("\n")
-        return text
+        return f"{self.type_name}: {self.message}{where}"
 
     def __reduce__(self):
         return (
-            remote_error,
-            (
-                {"type": self.type_name, "message": self.message, "traceback": self.traceback},
-                self.index,
-                self.job_id,
-            ),
+            type(self),
+            (self.type_name, self.message, self.traceback, self.index, self.job_id),
         )
 
 
-_classes = {}
+#: Never rebuilt: raised from an iterator's ``__next__`` they would end a ``for`` loop over
+#: ``imap`` quietly instead of reporting the item.
+_NOT_REBUILT = (StopIteration, StopAsyncIteration)
 
 
-def _class_for(type_name):
-    cls = _classes.get(type_name)
-    if cls is not None:
-        return cls
-    cls = RemoteError
-    base = getattr(builtins, type_name, None)
-    # Never a StopIteration: raised from an iterator's __next__ it would end the loop quietly.
-    if (
-        isinstance(base, type)
-        and issubclass(base, Exception)
-        and base not in (Exception, StopIteration, StopAsyncIteration)
-    ):
-        try:
-            cls = type(type_name, (RemoteError, base), {"__module__": "poold.remote"})
-        except TypeError:  # an incompatible layout
-            cls = RemoteError
-    _classes[type_name] = cls
-    return cls
-
-
-def remote_error(error, index=None, job_id=None):
-    """The exception for an item's ``{"type","message","traceback"}`` error."""
-    type_name = str(error.get("type") or "Exception")
-    args = (type_name, str(error.get("message", "")), error.get("traceback"), index, job_id)
+def _by_name(type_name, message):
+    """A built-in exception of that name with ``message``, or None."""
+    cls = getattr(builtins, type_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, _NOT_REBUILT):
+        return None
     try:
-        return _class_for(type_name)(*args)
-    except Exception:  # a built-in whose constructor will not take these arguments
-        return RemoteError(*args)
+        return cls(message)
+    except Exception:  # a built-in whose constructor wants other arguments
+        return None
+
+
+def _unpickled(pickled):
+    """The exception a pickle-codec worker sent, or None if it cannot be rebuilt here (its
+    class is not importable on this side, say)."""
+    try:
+        exc = pickle.loads(base64.b64decode(pickled))
+    except Exception:
+        return None
+    if not isinstance(exc, Exception) or isinstance(exc, _NOT_REBUILT):
+        return None
+    return exc
+
+
+def remote_exception(error, index=None, job_id=None):
+    """The exception to raise for an item's ``{"type","message","traceback","pickle"?}`` error:
+    its own type when it can be rebuilt, else :class:`RemoteError`; ``__cause__`` is its
+    :class:`RemoteTraceback`. ``pickle`` is trusted only because the caller asked for it (a
+    pool with ``codec="pickle"`` passes it on; others drop it)."""
+    type_name = str(error.get("type") or "Exception")
+    message = str(error.get("message", ""))
+    tb = error.get("traceback")
+    exc = None
+    if error.get("pickle"):
+        exc = _unpickled(error["pickle"])
+    if exc is None:
+        exc = _by_name(type_name, message)
+    if exc is None:
+        exc = RemoteError(type_name, message, tb, index, job_id)
+    exc.__cause__ = RemoteTraceback(tb, index, job_id)
+    return exc

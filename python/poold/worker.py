@@ -1,38 +1,49 @@
-"""Serve a module's public functions as a poold worker: ``python -m poold.worker mymodule``.
+"""Serve Python functions as a poold worker: ``python -m poold.worker mymodule time builtins:int``.
 
 poold starts this program once per pool slot (``poold serve --worker-command "python3 -m
 poold.worker mymodule"``) and talks to it in the JSON-lines worker protocol, version 1
-(``docs/worker-protocol.md``): a ``hello`` naming the functions and their docs, then one
-``result`` per ``task``, in order.
+(``docs/worker-protocol.md``): a ``hello`` naming the functions, their docs and the codecs it
+accepts, then one ``result`` per ``task``, in order.
 
 What it owns:
 
-- **Which functions.** The public functions of the module: names not starting with ``_``,
-  defined in that module (not imported into it). Their signature and docstring become the
-  docs shown by ``GET /v1/functions``.
+- **Which functions.** Exactly what its command line lists, nothing else: a module (a name,
+  or the path of a ``.py`` file) serves its public functions, and ``module:qualname`` serves
+  that one callable (``builtins:int``, ``os.path:join``); each is advertised as
+  ``module:qualname``, with aliases (see :mod:`poold._targets`). Their signature and
+  docstring become the docs of ``GET /v1/functions``.
+- **Codecs.** ``json`` always. ``pickle`` only with ``--allow-pickle``: items, kwargs values
+  and values are base64 pickles, and unpickling runs code, so without the flag a pickle task
+  is refused item by item (and poold refuses pickle jobs with 422 ``unsupported_codec``).
 - **Stdout.** Stdout belongs to the protocol. Before any user code runs, the protocol keeps a
   private copy of file descriptor 1 and fd 1 is pointed at stderr, so nothing else (prints at
-  import time, C extensions, child processes) can corrupt it. While a function runs on an
-  item, ``sys.stdout`` is a buffer: what it prints is sent as that item's ``log`` (poold keeps
-  64 KiB of it). Output to stderr goes to poold's log.
+  import time, C extensions, child processes) can corrupt it. While tasks run, ``sys.stdout``
+  captures what a function prints; it is sent as that item's ``log`` (poold keeps 64 KiB of
+  it). Output to stderr goes to poold's log.
 - **Item errors.** An exception raised by a function is that item's error, with its type name,
-  message and formatted traceback; the worker keeps serving. ``SystemExit`` and
+  message and formatted traceback (and, in pickle tasks, the pickled exception, so that the
+  client can raise it with its own type); the worker keeps serving. ``SystemExit`` and
   ``KeyboardInterrupt`` are not caught: the worker exits and poold replaces it.
 - **Initializer.** ``--initializer mymodule:init --initargs '[1, 2]'`` calls ``init(1, 2)``
   once per worker process before it says hello, like ``Pool(initializer=, initargs=)``. If it
   raises, the worker exits with status 1 (poold restarts it with a back-off and shows the
   error in ``/readyz``).
+
+The loop is kept cheap on purpose (one ``json.loads`` per task, one write per result, nothing
+per item but the call when nothing is printed): with one-item chunks its per-message cost is
+what poold's throughput is made of.
 """
 
 import argparse
-import importlib
-import importlib.util
-import inspect
+import base64
 import io
 import json
 import os
+import pickle
 import sys
 import traceback
+
+from ._targets import Served, resolve
 
 #: The protocol major version this worker speaks.
 PROTOCOL_VERSION = 1
@@ -41,170 +52,214 @@ PROTOCOL_VERSION = 1
 MAX_LOG_CHARS = 1024 * 1024
 LOG_TRUNCATED = "\n…[truncated]"
 
+#: Pickle protocol of values and errors sent back (every Python 3.8+ reads it).
+PICKLE_PROTOCOL = 5
 
-class _LogBuffer(io.StringIO):
-    """``sys.stdout`` while a function runs: keeps what it prints, up to a bound."""
+#: One encoder for every result line: ``json.dumps`` with options builds a new one per call.
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+class _LogCapture(io.TextIOBase):
+    """``sys.stdout`` while tasks run: keeps what functions print, up to a bound per item.
+    ``parts`` is non-empty exactly when the current item printed something."""
 
     def __init__(self, limit=MAX_LOG_CHARS):
         super().__init__()
-        self._room = limit
-        self.truncated = False
+        self.parts = []
+        self._limit = self._room = limit
+        self._truncated = False
+
+    def writable(self):
+        return True
 
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        if len(text) > self._room:
-            self.truncated = True
-        kept = text[: self._room]
-        if kept:
-            super().write(kept)
-            self._room -= len(kept)
-        return len(text)
+        n = len(text)
+        if n > self._room:
+            self._truncated = True
+            text = text[: self._room]
+        if text:
+            self.parts.append(text)
+            self._room -= len(text)
+        return n
 
-    def log(self):
-        text = self.getvalue()
-        return text + LOG_TRUNCATED if self.truncated else text
-
-
-def load_module(name):
-    """Import ``name``: a module name (``pkg.mod``) or the path of a ``.py`` file."""
-    if name.endswith(".py") or os.sep in name:
-        path = os.path.abspath(name)
-        module_name = os.path.splitext(os.path.basename(path))[0]
-        sys.path.insert(0, os.path.dirname(path))
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(name)
+    def take(self):
+        """What the item printed; the capture starts afresh for the next one."""
+        text = "".join(self.parts)
+        if self._truncated:
+            text += LOG_TRUNCATED
+        self.parts.clear()
+        self._room = self._limit
+        self._truncated = False
+        return text
 
 
-def public_functions(module):
-    """The functions ``module`` defines whose names do not start with ``_``, by name."""
-    functions = {}
-    for name, obj in vars(module).items():
-        if name.startswith("_"):
-            continue
-        if not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
-            continue
-        if getattr(obj, "__module__", None) != module.__name__:
-            continue  # imported into the module, not defined there
-        functions[name] = obj
-    return functions
+def _traceback(exc):
+    """The formatted traceback, starting in the user's function (this module's frames cut)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def describe(name, function):
-    """``name(signature): docstring``, the doc poold shows for a function."""
-    try:
-        signature = str(inspect.signature(function))
-    except (TypeError, ValueError):
-        signature = "(...)"
-    doc = inspect.getdoc(function)
-    return f"{name}{signature}: {doc}" if doc else f"{name}{signature}"
-
-
-def resolve_initializer(spec, module):
-    """``mod:func``, ``pkg.mod:func``, or a bare ``func`` of the served module."""
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        owner = module if module_name == module.__name__ else importlib.import_module(module_name)
-    else:
-        owner, attr = module, spec
-    function = owner
-    for part in attr.split("."):
-        function = getattr(function, part)
-    if not callable(function):
-        raise TypeError(f"initializer {spec!r} is not callable")
-    return function
-
-
-def _error(exc, tb):
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
-    }
-
-
-def run_item(function, name, item, star, kwargs):
-    """Run one item; return its result entry as JSON text (``{"value"}`` or ``{"error"}``,
-    with ``"log"`` when the function printed something)."""
-    buffer = _LogBuffer()
-    saved = sys.stdout
-    sys.stdout = buffer
-    try:
-        if function is None:
-            raise LookupError(f"this worker has no function {name!r}")
-        if star and not isinstance(item, list):
-            raise TypeError(
-                f"star=true needs each item to be an array of arguments, got {json.dumps(item)}"
-            )
-        args = item if star else [item]
-        value = function(*args, **kwargs)
+def _error(exc, pickled=False):
+    error = {"type": type(exc).__name__, "message": str(exc), "traceback": _traceback(exc)}
+    if pickled:
         try:
-            entry = '{"value":' + json.dumps(value, allow_nan=False) + "}"
+            error["pickle"] = base64.b64encode(pickle.dumps(exc, PICKLE_PROTOCOL)).decode("ascii")
+        except Exception:
+            pass  # the client falls back to the type's name
+    return error
+
+
+class Worker:
+    """Runs tasks: ``run(task)`` returns the ``result`` line for it, as bytes."""
+
+    def __init__(self, served, allow_pickle, capture):
+        self.table = served.table
+        self.codecs = ["json", "pickle"] if allow_pickle else ["json"]
+        self.capture = capture
+
+    def run(self, task):
+        function = self.table.get(task.get("function"))
+        kwargs = task.get("kwargs") or {}
+        star = bool(task.get("star", False))
+        codec = task.get("codec") or "json"
+        items = task["items"]
+        if function is None:
+            refusal = LookupError(f"this worker serves no function {task.get('function')!r}")
+        elif codec not in self.codecs:
+            refusal = PermissionError(
+                f"this worker does not accept the {codec!r} codec"
+                + (" (start it with --allow-pickle)" if codec == "pickle" else "")
+            )
+        else:
+            refusal = None
+        if refusal is not None:
+            results = [{"error": _error(refusal)} for _ in items]
+        elif codec == "pickle":
+            results = self._run_pickled(function, items, star, kwargs)
+        else:
+            results = self._run_json(function, items, star, kwargs)
+        message = {"type": "result", "id": task["id"], "results": results}
+        try:
+            text = _encode(message)
+        except (TypeError, ValueError):
+            _drop_unsendable(results)
+            text = _encode(message)
+        return text.encode() + b"\n"
+
+    def _run_json(self, function, items, star, kwargs):
+        results = []
+        append = results.append
+        printed = self.capture.parts
+        for item in items:
+            try:
+                if star:
+                    if type(item) is not list:
+                        raise TypeError(
+                            "star=true needs each item to be an array of arguments, "
+                            f"got {json.dumps(item)}"
+                        )
+                    entry = {"value": function(*item, **kwargs)}
+                else:
+                    entry = {"value": function(item, **kwargs)}
+            except Exception as e:
+                entry = {"error": _error(e)}
+            if printed:
+                entry["log"] = self.capture.take()
+            append(entry)
+        return results
+
+    def _run_pickled(self, function, items, star, kwargs):
+        loads, dumps, encode, decode = pickle.loads, pickle.dumps, base64.b64encode, base64.b64decode
+        try:
+            kwargs = {k: loads(decode(v)) for k, v in kwargs.items()}
+        except Exception as e:
+            return [{"error": _error(e, True)} for _ in items]
+        results = []
+        append = results.append
+        printed = self.capture.parts
+        for item in items:
+            try:
+                args = loads(decode(item))
+                value = function(*args, **kwargs) if star else function(args, **kwargs)
+                entry = {"value": encode(dumps(value, PICKLE_PROTOCOL)).decode("ascii")}
+            except Exception as e:
+                entry = {"error": _error(e, True)}
+            if printed:
+                entry["log"] = self.capture.take()
+            append(entry)
+        return results
+
+
+def _drop_unsendable(results):
+    """Turn each value JSON cannot hold into a ``TypeError`` item error (the rare path, taken
+    only when the whole message failed to encode)."""
+    for entry in results:
+        if "value" not in entry:
+            continue
+        try:
+            _encode(entry["value"])
         except (TypeError, ValueError) as e:
-            raise TypeError(f"the result of {name}() cannot be sent as JSON: {e}") from None
-    except Exception as e:
-        # Drop this frame: the traceback starts in the user's function.
-        tb = e.__traceback__
-        if tb is not None and tb.tb_next is not None and tb.tb_frame.f_code is run_item.__code__:
-            tb = tb.tb_next
-        entry = json.dumps({"error": _error(e, tb)})
-    finally:
-        sys.stdout = saved
-    log = buffer.log()
-    if log:
-        entry = entry[:-1] + ',"log":' + json.dumps(log) + "}"
-    return entry
+            del entry["value"]
+            entry["error"] = {
+                "type": "TypeError",
+                "message": f"the result cannot be sent as JSON: {e} (codec='pickle' can send it)",
+                "traceback": None,
+            }
 
 
-def run_task(task, functions):
-    name = task.get("function")
-    function = functions.get(name)
-    kwargs = task.get("kwargs") or {}
-    star = bool(task.get("star", False))
-    entries = [run_item(function, name, item, star, kwargs) for item in task["items"]]
-    return '{"type":"result","id":%d,"results":[%s]}' % (task["id"], ",".join(entries))
-
-
-def serve(functions, protocol_out, tasks_in):
-    """Say hello, then answer every task on ``tasks_in`` in order until it closes."""
+def serve(worker, served, protocol_out, tasks_in):
+    """Say hello, then answer every task on ``tasks_in`` (binary lines) in order until it
+    closes."""
     hello = {
         "type": "hello",
         "protocol": PROTOCOL_VERSION,
         "pid": os.getpid(),
-        "functions": [{"name": n, "doc": describe(n, f)} for n, f in functions.items()],
+        "functions": served.hello_functions(),
+        "codecs": worker.codecs,
     }
-    protocol_out.write(json.dumps(hello) + "\n")
+    protocol_out.write(json.dumps(hello).encode() + b"\n")
     protocol_out.flush()
+    loads, write, flush, run = json.loads, protocol_out.write, protocol_out.flush, worker.run
     for line in tasks_in:
-        if not line.strip():
-            continue
         try:
-            message = json.loads(line)
-        except ValueError as e:
-            print(f"poold.worker: skipping a line that is not JSON: {e}", file=sys.stderr)
+            task = loads(line)
+            if task.get("type") != "task":
+                print(f"poold.worker: skipping a {task.get('type')!r} message", file=sys.stderr)
+                continue
+        except (ValueError, AttributeError) as e:
+            print(f"poold.worker: skipping a line that is not a task: {e}", file=sys.stderr)
             continue
-        if message.get("type") != "task":
-            print(f"poold.worker: skipping a {message.get('type')!r} message", file=sys.stderr)
-            continue
-        protocol_out.write(run_task(message, functions) + "\n")
-        protocol_out.flush()
+        write(run(task))
+        flush()
 
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m poold.worker",
-        description="Serve a module's public functions to poold (worker protocol v1).",
+        description="Serve Python functions to poold (worker protocol v1): the public functions "
+        "of each MODULE listed, and each MODULE:QUALNAME callable. Nothing else can be called.",
     )
-    parser.add_argument("module", help="module name (pkg.mod) or path of a .py file")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="a module (pkg.mod, or the path of a .py file): its public functions; or "
+        "module:qualname: that one callable (e.g. builtins:int). Functions of the first "
+        "module can also be called by their bare names.",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept the pickle codec (jobs sent with codec='pickle'). Unpickling runs code: "
+        "anyone who can submit jobs to poold can then run code on this worker.",
+    )
     parser.add_argument(
         "--initializer",
-        help="called once per worker process before it serves: mod:func, or func of the module",
+        help="called once per worker process before it serves: mod:func, or func of the first module",
     )
     parser.add_argument(
         "--initargs",
@@ -225,24 +280,25 @@ def main(argv=None):
     args = _parse_args(argv)
     # Take stdout for the protocol before any user code runs; fd 1 becomes stderr.
     sys.stdout.flush()
-    protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    tasks_in = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
 
-    module = load_module(args.module)
-    functions = public_functions(module)
-    if not functions:
-        print(f"poold.worker: module {module.__name__} has no public functions", file=sys.stderr)
+    served = Served(args.targets)
+    if not served.listing:
+        print(f"poold.worker: {' '.join(args.targets)} serves no function", file=sys.stderr)
     if args.initializer:
         try:
-            resolve_initializer(args.initializer, module)(*args.initargs)
+            resolve(args.initializer, served.first_module)(*args.initargs)
         except Exception:
             traceback.print_exc()
             print("poold.worker: the initializer failed; exiting", file=sys.stderr)
             return 1
+    capture = _LogCapture()
+    sys.stdout = capture
+    worker = Worker(served, args.allow_pickle, capture)
     try:
-        serve(functions, protocol_out, tasks_in)
+        serve(worker, served, protocol_out, sys.stdin.buffer)
     except BrokenPipeError:
         pass  # poold is gone
     return 0

@@ -1,5 +1,5 @@
 """Test fixture: the real poold binary (``POOLD_BIN``) on a free loopback port, with a
-temporary SQLite file and ``python -m poold.worker <module>`` as its workers.
+temporary SQLite file and ``python -m poold.worker <targets…>`` as its workers.
 
 Like ``tests/common/mod.rs`` on the Rust side: poold is started with ``--bind 127.0.0.1:0``
 and its first stdout line, ``poold listening on <url>``, gives the address.
@@ -23,7 +23,9 @@ START_TIMEOUT = 20.0
 
 
 class PooldServer:
-    def __init__(self, module, workers=2, initializer=None, initargs=None, extra_path=()):
+    def __init__(
+        self, *targets, workers=2, initializer=None, initargs=None, extra_path=(), allow_pickle=False
+    ):
         binary = os.environ.get("POOLD_BIN")
         if not binary:
             raise RuntimeError(
@@ -33,7 +35,9 @@ class PooldServer:
         if not os.access(binary, os.X_OK):
             raise RuntimeError(f"POOLD_BIN={binary!r} is not an executable file")
         self.dir = tempfile.mkdtemp(prefix="poold-sdk-test-")
-        command = [sys.executable, "-m", "poold.worker", module]
+        command = [sys.executable, "-m", "poold.worker", *targets]
+        if allow_pickle:
+            command.append("--allow-pickle")
         if initializer:
             command += ["--initializer", initializer, "--initargs", json.dumps(initargs or [])]
         env = dict(os.environ)

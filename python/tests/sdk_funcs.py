@@ -1,8 +1,10 @@
 """Functions the Python SDK tests run both on poold (served by ``python -m poold.worker
 sdk_funcs``) and on a local ``multiprocessing.Pool``, to compare the two."""
 
+import dataclasses
 import os
 import sys
+import threading
 import time
 from math import sqrt  # imported, not defined here: must not be served
 
@@ -28,8 +30,55 @@ def add(a, b):
 
 
 def pair(x):
-    """A tuple result: it comes back as a list (JSON)."""
+    """A tuple result: a list under the json codec, a tuple under pickle."""
     return (x, -x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+def mirror(value):
+    """Returns what it was given, with its type: tuples, sets, dataclasses (pickle codec)."""
+    return value
+
+
+def shift(point, dx=0):
+    """A dataclass in, a dataclass out."""
+    return Point(point.x + dx, point.y)
+
+
+def describe(*args, **kwargs):
+    """The type names of its arguments, to check what a worker was given."""
+    return [type(a).__name__ for a in args] + sorted(f"{k}={type(v).__name__}" for k, v in kwargs.items())
+
+
+class Custom(Exception):
+    """An exception type of this module: the client rebuilds it from a pickle."""
+
+    def __init__(self, code, why):
+        super().__init__(code, why)
+        self.code = code
+
+
+def raise_custom(x):
+    raise Custom(x, "custom failure")
+
+
+def make_lock(_):
+    """A result no codec can send."""
+    return threading.Lock()
+
+
+def raise_runtime(x):
+    raise RuntimeError(f"runtime failure {x}")
+
+
+def sleep_square(x):
+    time.sleep(0.05)
+    return x * x
 
 
 def slow_square(x):

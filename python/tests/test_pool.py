@@ -1,5 +1,6 @@
 """poold.Pool against the real poold with ``python -m poold.worker sdk_funcs`` workers,
-compared with a local ``multiprocessing.Pool`` running the same functions.
+compared with a local ``multiprocessing.Pool`` running the same functions: results, item
+errors, logs, the worker's initializer, and close/join/terminate.
 
 Run: ``POOLD_BIN=target/release/poold PYTHONPATH=python python3 -m unittest discover -s
 python/tests -v`` (``cargo test --release`` runs it through ``tests/python_sdk.rs``).
@@ -7,6 +8,7 @@ python/tests -v`` (``cargo test --release`` runs it through ``tests/python_sdk.r
 
 import functools
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import tempfile
@@ -40,7 +42,7 @@ class PoolTest(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def setUp(self):
-        self.pool = poold.Pool(self.server.url)
+        self.pool = poold.Pool(url=self.server.url)
 
     def tearDown(self):
         self.pool.terminate()
@@ -56,7 +58,8 @@ class PoolTest(unittest.TestCase):
         )
         cube = functools.partial(sdk_funcs.power, exp=3)
         self.assertEqual(self.pool.map(cube, xs), self.local.map(cube, xs))
-        self.assertEqual(self.pool.map("square", [1, 2, 3]), [1, 4, 9])
+        self.assertEqual(self.pool.map("square", [1, 2, 3]), [1, 4, 9])  # a bare name
+        self.assertEqual(self.pool.map("sdk_funcs:square", [4]), [16])
         self.assertEqual(self.pool.map(sdk_funcs.square, []), [])
 
     def test_imap_equals_local_pool(self):
@@ -85,6 +88,9 @@ class PoolTest(unittest.TestCase):
 
     def test_json_turns_tuples_into_lists(self):
         self.assertEqual(self.pool.map(sdk_funcs.pair, [1, 2]), [[1, -1], [2, -2]])
+        with self.assertRaises(TypeError) as caught:  # a set cannot be sent as JSON
+            self.pool.map(sdk_funcs.mirror, [1, {2}])
+        self.assertIn("set", str(caught.exception))
 
     # ---- apply and the async forms ----
 
@@ -112,9 +118,10 @@ class PoolTest(unittest.TestCase):
         self.assertTrue(result.ready())
         self.assertFalse(result.successful())
         self.assertEqual(len(errors), 1)
-        self.assertIsInstance(errors[0], poold.RemoteError)
-        with self.assertRaises(ValueError):
+        self.assertIs(type(errors[0]), ValueError)
+        with self.assertRaises(ValueError) as caught:
             result.get()
+        self.assertIs(caught.exception, errors[0])
 
     def test_get_times_out_like_pool(self):
         result = self.pool.apply_async(sdk_funcs.slow_square, (3,))
@@ -126,27 +133,45 @@ class PoolTest(unittest.TestCase):
 
     # ---- remote errors ----
 
-    def test_remote_exception_reraises_with_type_message_and_traceback(self):
-        with self.assertRaises(poold.RemoteError) as caught:
+    def test_remote_exception_reraises_as_its_own_type_chained_to_the_remote_traceback(self):
+        with self.assertRaises(ValueError) as caught:
             self.pool.map(sdk_funcs.fail_on_three, range(6))
         with self.assertRaises(ValueError) as local:
             self.local.map(sdk_funcs.fail_on_three, range(6))
-        error = caught.exception
-        self.assertIsInstance(error, ValueError)  # `except ValueError` works as with Pool
-        self.assertEqual(error.type_name, type(local.exception).__name__)
-        self.assertEqual(error.message, str(local.exception))
-        self.assertEqual(error.index, 3)
-        self.assertIn("Traceback (most recent call last)", error.traceback)
-        self.assertIn("sdk_funcs.py", error.traceback)
-        self.assertIn("in fail_on_three", error.traceback)
-        self.assertIn('raise ValueError(f"three is not allowed (got {x})")', error.traceback)
-        text = str(error)
-        self.assertIn("ValueError: three is not allowed (got 3)", text)
-        self.assertIn("in fail_on_three", text)
+        error, expected = caught.exception, local.exception
+        self.assertIs(type(error), type(expected))
+        self.assertEqual(error.args, expected.args)
+        cause = error.__cause__
+        self.assertIsInstance(cause, multiprocessing.pool.RemoteTraceback)  # as with Pool
+        self.assertIsInstance(expected.__cause__, multiprocessing.pool.RemoteTraceback)
+        self.assertEqual((cause.index, cause.job_id is not None), (3, True))
+        for text in (cause.tb, str(cause)):
+            self.assertIn("Traceback (most recent call last)", text)
+            self.assertIn("sdk_funcs.py", text)
+            self.assertIn("in fail_on_three", text)
+            self.assertIn('raise ValueError(f"three is not allowed (got {x})")', text)
+            self.assertIn("ValueError: three is not allowed (got 3)", text)
+        self.assertNotIn("poold/worker.py", cause.tb)  # the worker's own frames are cut
 
         with self.assertRaises(KeyError) as key:
             self.pool.apply(sdk_funcs.key_error, ("b",))
-        self.assertEqual(key.exception.type_name, "KeyError")
+        self.assertIs(type(key.exception), KeyError)
+        self.assertIn("in key_error", key.exception.__cause__.tb)
+
+        with self.assertRaises(RuntimeError) as runtime:
+            self.pool.apply(sdk_funcs.raise_runtime, (7,))
+        self.assertEqual(str(runtime.exception), "runtime failure 7")
+
+    def test_a_type_the_client_cannot_rebuild_is_a_remote_error(self):
+        # Under the json codec only the type's name travels: sdk_funcs.Custom is not a
+        # built-in, so it comes as a RemoteError (the pickle codec rebuilds it, test_codecs).
+        with self.assertRaises(poold.RemoteError) as caught:
+            self.pool.map(sdk_funcs.raise_custom, [5])
+        error = caught.exception
+        self.assertEqual((error.type_name, error.index), ("Custom", 0))
+        self.assertEqual(error.message, str(sdk_funcs.Custom(5, "custom failure")))
+        self.assertIn("in raise_custom", error.__cause__.tb)
+        self.assertEqual(error.traceback.strip(), error.__cause__.tb.strip('\n"'))
 
     def test_imap_raises_at_the_failing_item_and_goes_on(self):
         it = self.pool.imap(sdk_funcs.fail_on_three, range(6), chunksize=2)
@@ -184,11 +209,13 @@ class PoolTest(unittest.TestCase):
 
     def test_functions_and_their_docs_are_the_modules_public_functions(self):
         functions = self.pool.functions()
-        self.assertEqual(functions["square"], "square(x): Return x * x.")
-        self.assertEqual(functions["cube"], "cube(x)")
-        self.assertTrue(functions["power"].startswith("power(x, exp=2): x ** exp"))
-        self.assertNotIn("_private_helper", functions)
-        self.assertNotIn("sqrt", functions)  # imported, not defined in the module
+        self.assertEqual(functions["sdk_funcs:square"], "square(x): Return x * x.")
+        self.assertEqual(functions["sdk_funcs:cube"], "cube(x)")
+        self.assertTrue(functions["sdk_funcs:power"].startswith("power(x, exp=2): x ** exp"))
+        self.assertNotIn("sdk_funcs:_private_helper", functions)
+        self.assertNotIn("sdk_funcs:sqrt", functions)  # imported, not defined in the module
+        self.assertNotIn("math:sqrt", functions)
+        self.assertNotIn("sdk_funcs:Point", functions)  # a class, not a function
 
     def test_initializer_runs_once_per_worker(self):
         seen = self.pool.map(sdk_funcs.whoami, range(40), chunksize=1)
@@ -222,25 +249,10 @@ class PoolTest(unittest.TestCase):
         self.assertEqual(sorted(got), [x * x for x in xs])
         self.assertGreaterEqual(it.reconnects, 1)
 
-    def test_len_and_tqdm_see_the_total(self):
-        it = self.pool.imap(sdk_funcs.square, range(37))
-        self.assertEqual(len(it), 37)
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        if tqdm is not None:
-            bar = tqdm(it, disable=True)
-            self.assertEqual(bar.total, 37)
-            self.assertEqual(list(bar), [x * x for x in range(37)])
-        else:
-            self.assertEqual(len(list(it)), 37)
-        self.assertEqual(len(self.pool.imap_unordered(sdk_funcs.square, range(5))), 5)
-
     # ---- lifecycle ----
 
     def test_close_join_and_terminate(self):
-        pool = poold.Pool(self.server.url)
+        pool = poold.Pool(url=self.server.url)
         result = pool.map_async(sdk_funcs.square, range(10))
         with self.assertRaises(ValueError):
             pool.join()  # still running
@@ -250,7 +262,7 @@ class PoolTest(unittest.TestCase):
         pool.join()
         self.assertEqual(result.get(0), [x * x for x in range(10)])
 
-        pool = poold.Pool(self.server.url)
+        pool = poold.Pool(url=self.server.url)
         slow = pool.map_async(sdk_funcs.slow_square, range(400), chunksize=1)
         pool.terminate()
         pool.join()
@@ -259,7 +271,7 @@ class PoolTest(unittest.TestCase):
             slow.get(60)
 
     def test_context_manager_terminates(self):
-        with poold.Pool(self.server.url) as pool:
+        with poold.Pool(url=self.server.url) as pool:
             self.assertEqual(pool.map(sdk_funcs.square, range(3)), [0, 1, 4])
             pending = pool.map_async(sdk_funcs.slow_square, range(400), chunksize=1)
         self.assertEqual(pool.job(pending.job_id)["status"], "cancelled")

@@ -59,8 +59,9 @@ pub async fn read_json(
     }
     // Refused at once, but the rest of the body is read and dropped meanwhile: a client
     // still sending it would otherwise see its connection reset, not the answer.
-    let busy = |body: Body| {
-        tokio::spawn(drain(body, state.shutdown.clone()));
+    let busy = |mut body: Body| {
+        let read = async move { while let Some(Ok(_)) = body.frame().await {} };
+        drain_behind(read, state.shutdown.clone());
         ApiError::ServerBusy(
             "the server holds as many request bodies as it takes (--max-buffered-bytes); retry later"
                 .into(),
@@ -105,14 +106,20 @@ pub async fn read_json(
     })
 }
 
-/// Read and drop the rest of a refused body, for at most [`DRAIN_LIMIT`].
-async fn drain(mut body: Body, shutdown: tokio_util::sync::CancellationToken) {
-    let read = async { while let Some(Ok(_)) = body.frame().await {} };
-    tokio::select! {
-        _ = read => {}
-        _ = tokio::time::sleep(DRAIN_LIMIT) => {}
-        _ = shutdown.cancelled() => {}
-    }
+/// Read and drop the rest of a refused request body behind the answer (`read` does it), for
+/// at most [`DRAIN_LIMIT`] and not past shutdown: a client that sends its whole body before it
+/// reads still gets to read the answer. Used here and by `ingest`.
+pub fn drain_behind(
+    read: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = read => {}
+            _ = tokio::time::sleep(DRAIN_LIMIT) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
 }
 
 /// The longest a refused body is read for (then the connection is closed).

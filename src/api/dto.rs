@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::model::{ItemResult, Job, JobStatus, OnError};
+use crate::model::{Codec, ItemResult, Job, JobStatus, OnError};
 use crate::store::format_time;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -28,6 +28,35 @@ pub enum OnErrorDto {
     FailFast,
 }
 
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecDto {
+    /// Items, kwargs values and values are plain JSON.
+    Json,
+    /// Every item, every kwargs value and every value is a JSON string holding a base64 pickle
+    /// (Python to Python, for values JSON cannot hold). poold stores them as opaque strings and
+    /// never unpickles; only workers started with `--allow-pickle` accept them.
+    Pickle,
+}
+
+impl From<CodecDto> for Codec {
+    fn from(codec: CodecDto) -> Self {
+        match codec {
+            CodecDto::Json => Self::Json,
+            CodecDto::Pickle => Self::Pickle,
+        }
+    }
+}
+
+impl From<Codec> for CodecDto {
+    fn from(codec: Codec) -> Self {
+        match codec {
+            Codec::Json => Self::Json,
+            Codec::Pickle => Self::Pickle,
+        }
+    }
+}
+
 /// A map job and its progress.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobDto {
@@ -43,6 +72,10 @@ pub struct JobDto {
     pub max_attempts: u32,
     pub on_error: OnErrorDto,
     pub priority: i32,
+    pub codec: CodecDto,
+    /// At most this many of its chunks run at once; `null`: no cap.
+    #[schema(required = true)]
+    pub max_concurrency: Option<u32>,
     /// Number of items; `null` while a streamed job's items are still being uploaded
     /// (NDJSON ingest), final once the upload has ended. Always a number for JSON bodies.
     #[schema(required = true)]
@@ -95,6 +128,10 @@ pub struct ItemErrorDto {
     pub kind: String,
     pub message: String,
     pub traceback: Option<String>,
+    /// `pickle` jobs only, when the worker could pickle it: the exception itself as a base64
+    /// pickle, so that a Python client can raise it with its own type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickle: Option<String>,
 }
 
 impl From<JobStatus> for JobStatusDto {
@@ -147,6 +184,8 @@ impl From<Job> for JobDto {
                 OnError::FailFast => OnErrorDto::FailFast,
             },
             priority: spec.priority,
+            codec: spec.codec.into(),
+            max_concurrency: spec.max_concurrency,
             total: (!job.ingesting).then_some(job.total),
             done: job.done,
             failed: job.failed,

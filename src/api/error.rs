@@ -17,6 +17,10 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("no worker offers a function named {0:?}; see GET /v1/functions")]
     UnknownFunction(String),
+    #[error(
+        "no worker accepts the {0} codec (a Python worker accepts it when started with --allow-pickle)"
+    )]
+    UnsupportedCodec(&'static str),
     #[error("no job with id {0}")]
     JobNotFound(String),
     #[error("this Idempotency-Key was used for job {0} with another request body")]
@@ -68,6 +72,7 @@ impl ApiError {
         match self {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             UnknownFunction(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_function"),
+            UnsupportedCodec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_codec"),
             JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             JobNotFinished(_) => (StatusCode::CONFLICT, "job_not_finished"),
             IdempotencyKeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),

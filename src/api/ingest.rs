@@ -12,7 +12,11 @@
 //! becomes final and the job may complete.
 //!
 //! The upload runs in a task of its own, so that if the client goes away mid-upload (axum then
-//! drops the handler) the job is still failed rather than left open.
+//! drops the handler) the job is still failed rather than left open. A client whose own input
+//! fails mid-upload says so in a trailer (`upload_body`): the items it sent run, then the job
+//! fails with its reason. An error is answered at once; the rest of the body is read and
+//! dropped behind the answer, so a client that reads while it sends stops early and one that
+//! sends everything first still gets to read it.
 
 use std::io;
 use std::time::Duration;
@@ -20,16 +24,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
-use tokio_util::io::StreamReader;
+use tokio_util::codec::LinesCodecError;
 
 use super::jobs::{
-    CreateJob, admit, check_function, check_item, job_response, load_job, new_job, too_many_items,
+    CreateJob, admit, check_item, check_offer, job_response, load_job, new_job, too_many_items,
     validate,
 };
+use super::upload_body::{self, Lines};
 use super::{ApiError, AppState};
 use crate::limits;
 use crate::model::{Job, JobStatus};
@@ -42,9 +46,6 @@ const BATCH_CHUNKS: u64 = 64;
 pub(super) const BATCH_BYTES: usize = 1 << 20;
 /// …or once a full chunk has waited this long for more items.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
-/// After an error, or once the job has ended, the rest of the body is read and dropped for at
-/// most this long (so the client can read the answer), then the connection is closed.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Cuts items (JSON text) into chunks of at most `chunksize` items and about
 /// [`limits::MAX_CHUNK_BYTES`] of JSON, as the JSON array of `[first item index, [items]]`
@@ -133,14 +134,6 @@ impl ChunkBatcher {
     }
 }
 
-type Lines = FramedRead<
-    StreamReader<
-        futures::stream::MapErr<axum::body::BodyDataStream, fn(axum::Error) -> io::Error>,
-        axum::body::Bytes,
-    >,
-    LinesCodec,
->;
-
 /// Store a job from an NDJSON body as it arrives (see the module doc).
 pub async fn create_streamed_job(state: AppState, body: Body) -> Result<Response, ApiError> {
     match tokio::spawn(ingest(state, body)).await {
@@ -149,16 +142,23 @@ pub async fn create_streamed_job(state: AppState, body: Body) -> Result<Response
     }
 }
 
+/// How an upload ended.
+enum Ended {
+    /// The body ended and every item is stored: the job may complete.
+    Complete,
+    /// The job ended (cancelled, failed fast) during the upload.
+    JobFinished,
+    /// Its client stopped it (see `upload_body`): the job was failed with the client's reason
+    /// once the items it sent had run.
+    StoppedByClient,
+}
+
 async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
-    let max_line = state.limits.max_body_bytes;
-    let to_io: fn(axum::Error) -> io::Error = io::Error::other;
-    let reader = StreamReader::new(body.into_data_stream().map_err(to_io));
-    let mut lines: Lines = FramedRead::new(reader, LinesCodec::new_with_max_length(max_line));
+    let mut lines = upload_body::lines(body, state.limits.max_body_bytes);
     let job = match create_from_first_line(&state, &mut lines).await {
         Ok(job) => job,
         Err(error) => {
-            // Let the client finish sending, so that it reads this answer.
-            drain(lines, &state).await;
+            drain_behind(lines, &state);
             return Err(error);
         }
     };
@@ -171,20 +171,26 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
         items: 0,
         line: 1,
     };
-    // The last chunk goes in with the upload's close, in one transaction.
     let outcome = match upload.read(&mut lines).await {
-        Ok(true) => upload.store(true).await,
+        // The last chunk goes in with the upload's close, in one transaction.
+        Ok(Ended::Complete) => match upload.store(true).await {
+            Ok(true) => Ok(Ended::Complete),
+            Ok(false) => Ok(Ended::JobFinished),
+            Err(e) => Err(e),
+        },
         other => other,
     };
     match outcome {
-        Ok(true) => {
+        Ok(Ended::Complete) => {
             let job = load_job(&upload.state, upload.job.id).await?;
             tracing::info!(job.id = %job.id, total = job.total, "upload complete");
             Ok(job_response(StatusCode::CREATED, job))
         }
-        Ok(false) => {
-            // Cancelled or failed during the upload: answer with it as it is.
-            drain(lines, &upload.state).await;
+        Ok(ended @ (Ended::JobFinished | Ended::StoppedByClient)) => {
+            // Answer with the job as it is.
+            if matches!(ended, Ended::JobFinished) {
+                drain_behind(lines, &upload.state);
+            }
             Ok(job_response(
                 StatusCode::CREATED,
                 load_job(&upload.state, upload.job.id).await?,
@@ -208,7 +214,7 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
                 let _ = state.pool.job_ended(id).await;
             }
             if !matches!(error, ApiError::ShuttingDown) {
-                drain(lines, state).await;
+                drain_behind(lines, state);
             }
             Err(match error {
                 ApiError::InvalidRequest(detail) => ApiError::InvalidRequest(format!(
@@ -248,7 +254,7 @@ async fn create_from_first_line(state: &AppState, lines: &mut Lines) -> Result<J
     let spec = validate(state, request, None)?;
     // Its length is unknown: admitted if the queue is not full already.
     admit(state, 0).await?;
-    check_function(state, &spec).await?;
+    check_offer(state, &spec).await?;
     let job = new_job(spec, 0, true);
     state
         .store
@@ -275,10 +281,10 @@ struct Upload {
 }
 
 impl Upload {
-    /// Read item lines to the end of the body, storing full chunks in batches. `Ok(false)`
-    /// when the job ended meanwhile (cancelled, failed fast); the last partial chunk is left
-    /// for [`Upload::store`]`(true)`.
-    async fn read(&mut self, lines: &mut Lines) -> Result<bool, ApiError> {
+    /// Read item lines to the end of the body, storing full chunks in batches. At the end of
+    /// the body the last partial chunk is left for [`Upload::store`]`(true)`; if the client
+    /// stopped the upload, it is handled here ([`Upload::stop`]).
+    async fn read(&mut self, lines: &mut Lines) -> Result<Ended, ApiError> {
         let max_line = self.state.limits.max_body_bytes;
         let limit = self.state.limits.max_items_per_job as u64;
         let shutdown = self.state.shutdown.clone();
@@ -291,15 +297,20 @@ impl Upload {
                 next = lines.next() => next,
                 _ = tokio::time::sleep_until(store_at), if waiting => {
                     if !self.store(false).await? {
-                        return Ok(false);
+                        return Ok(Ended::JobFinished);
                     }
                     continue;
                 }
             };
             let Some(line) = next else {
-                return Ok(true);
+                return Ok(Ended::Complete);
             };
             self.line += 1;
+            if let Err(e) = &line
+                && let Some(reason) = upload_body::client_stopped(e)
+            {
+                return self.stop(reason).await;
+            }
             let line = line.map_err(|e| line_error(self.line, e, max_line))?;
             let text = line.trim();
             if text.is_empty() {
@@ -335,9 +346,58 @@ impl Upload {
                 || self.batcher.full_bytes() >= BATCH_BYTES)
                 && !self.store(false).await?
             {
-                return Ok(false);
+                return Ok(Ended::JobFinished);
             }
         }
+    }
+
+    /// The client stopped its upload because its input failed: store the items it sent (the
+    /// last chunk partial), wait until they have run, then fail the job with its reason. The
+    /// upload stays open meanwhile, so the job cannot complete. At shutdown it is failed at
+    /// once.
+    async fn stop(&mut self, reason: &str) -> Result<Ended, ApiError> {
+        let id = self.job.id;
+        let (chunks, count, items) =
+            std::mem::replace(&mut self.batcher, ChunkBatcher::new(1)).finish();
+        let store = &self.state.store;
+        if !store
+            .append_chunks(id, self.next_chunk, chunks, items, false)
+            .await?
+        {
+            let _ = self.state.pool.job_ended(id).await;
+            return Ok(Ended::JobFinished);
+        }
+        self.next_chunk += count;
+        if count > 0 {
+            self.state.pool.chunks_stored(&self.job, count).await?;
+        }
+        tracing::info!(job.id = %id, items = self.items, reason, "the client stopped its upload; the job fails once its items have run");
+        let mut changes = self.state.events.subscribe(id);
+        loop {
+            changes.borrow_and_update();
+            let job = load_job(&self.state, id).await?;
+            if job.status.is_finished() {
+                return Ok(Ended::JobFinished);
+            }
+            if job.done >= self.items {
+                break;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = self.state.shutdown.cancelled() => break,
+            }
+        }
+        let message = format!(
+            "its client stopped the upload after {} items: {reason}",
+            self.items
+        );
+        if store
+            .finish_job(id, JobStatus::Failed, Some(message))
+            .await?
+        {
+            let _ = self.state.pool.job_ended(id).await; // gone at shutdown: fine
+        }
+        Ok(Ended::StoppedByClient)
     }
 
     /// Store the full chunks (with `close`, every chunk, and end the upload), then tell the
@@ -384,16 +444,13 @@ fn line_error(line: u64, error: LinesCodecError, max_line: usize) -> ApiError {
     }
 }
 
-/// Read and drop the rest of the body (bounded in time), so the client gets to read the answer.
-async fn drain(lines: Lines, state: &AppState) {
+/// Read and drop the rest of the body behind the answer (see `body::drain_behind`).
+fn drain_behind(lines: Lines, state: &AppState) {
     let mut rest = lines.into_inner();
-    let mut sink = tokio::io::sink();
-    let sink = tokio::io::copy(&mut rest, &mut sink);
-    tokio::select! {
-        _ = sink => {}
-        _ = tokio::time::sleep(DRAIN_LIMIT) => {}
-        _ = state.shutdown.cancelled() => {}
-    }
+    let read = async move {
+        let _ = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+    };
+    super::body::drain_behind(read, state.shutdown.clone());
 }
 
 #[cfg(test)]

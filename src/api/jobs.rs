@@ -19,11 +19,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::dto::{JobDto, JobStatusDto, OnErrorDto};
+use super::dto::{CodecDto, JobDto, JobStatusDto, OnErrorDto};
 use super::error::Query;
 use super::{ApiError, AppState, Problem};
 use crate::limits;
-use crate::model::{Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
+use crate::model::{Codec, Job, JobId, JobSpec, JobStatus, OnError, auto_chunksize};
 use crate::store::{DeleteOutcome, Idempotency, NewJob};
 
 /// Longest `wait` a long-poll may ask for, in seconds.
@@ -42,8 +42,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob<'a> {
-    /// A function the workers advertise (GET /v1/functions); 1 to 255 characters, none of
-    /// them a control character.
+    /// A function the workers advertise (GET /v1/functions), by its name or one of its
+    /// aliases; names may be qualified as `module:qualname` (e.g. `time:sleep`). 1 to 255
+    /// characters, none of them a control character.
     #[schema(
         min_length = 1,
         max_length = 255,
@@ -51,7 +52,8 @@ pub struct CreateJob<'a> {
     )]
     function: String,
     /// The iterable: any JSON values, each nested at most 100 levels deep. With `star`, each
-    /// item is an array of positional arguments.
+    /// item is an array of positional arguments. With `codec: pickle`, each item is a base64
+    /// string (a pickle; with `star`, of the sequence of positional arguments).
     /// Required in a JSON body; absent from line 1 of an NDJSON body (the items follow it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Vec<serde_json::Value>, required = true)]
@@ -59,7 +61,8 @@ pub struct CreateJob<'a> {
     #[serde(borrow)]
     pub(super) items: Option<Vec<&'a RawValue>>,
     /// Fixed keyword arguments, like `functools.partial`: a JSON object of at most 1 MiB,
-    /// nested at most 100 levels deep. Default `{}`.
+    /// nested at most 100 levels deep. Default `{}`. With `codec: pickle`, each value is a
+    /// base64 string (a pickle).
     #[schema(value_type = Option<Object>)]
     kwargs: Option<Box<RawValue>>,
     /// Each item is an array of positional arguments (`starmap`). Default false.
@@ -90,6 +93,19 @@ pub struct CreateJob<'a> {
     /// 100 levels deep. Default `{}`.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
+    /// At most this many of the job's chunks run at once across all workers, pipelined ones
+    /// included (1 to 1000000), like `Pool(processes=N)`. Default: no cap.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer"
+    )]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_concurrency: Option<i64>,
+    /// How items, kwargs values and values travel: `json` (default) or `pickle` (base64
+    /// pickles, opaque to poold). A codec no worker accepts is a 422 `unsupported_codec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    codec: Option<CodecDto>,
 }
 
 /// An integer field: a JSON integer, or a number without a fractional part (`2.0`), which JSON
@@ -149,7 +165,7 @@ where
     (status = 415, body = Problem, content_type = "application/problem+json"),
     (status = 429, description = "`too_many_queued_items`: the server's queue is full; see `Retry-After`", body = Problem, content_type = "application/problem+json",
      headers(("Retry-After" = String, description = "Seconds to wait"))),
-    (status = 422, description = "`unknown_function`, `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "`unknown_function`, `unsupported_codec` (no worker accepts the job's codec), `idempotency_key_reused`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "`pool_closed`, `shutting_down`, `not_ready` (no worker has started), `server_busy` (too many request bodies held at once) or `storage_unavailable` (the database cannot be written); see `Retry-After`", body = Problem, content_type = "application/problem+json",
      headers(("Retry-After" = String, description = "Seconds to wait"))),
     (status = 507, description = "`insufficient_storage`: the database's disk is full; poold goes on by itself once there is room", body = Problem, content_type = "application/problem+json",
@@ -196,7 +212,7 @@ async fn create_job(State(state): State<AppState>, request: Request) -> Result<R
     }
     let spec = validate(&state, request, Some(items.len()))?;
     admit(&state, items.len() as u64).await?;
-    check_function(&state, &spec).await?;
+    check_offer(&state, &spec).await?;
     let mut batcher = super::ingest::ChunkBatcher::new(spec.chunksize);
     let mut chunks = Vec::new();
     let mut chunk_count = 0;
@@ -242,23 +258,34 @@ pub(super) fn too_many_items(state: &AppState) -> ApiError {
     ))
 }
 
-/// The function must be one the workers advertise (waiting a little for the first worker).
-pub(super) async fn check_function(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
-    let functions = state
+/// The function must be one the workers advertise, and the codec one they accept (waiting a
+/// little for the first worker).
+pub(super) async fn check_offer(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    let offer = state
         .pool
-        .functions(Duration::from_secs(10))
+        .offer(Duration::from_secs(10))
         .await
         .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
-    if !functions.iter().any(|f| f.name == spec.function) {
+    if !offer.serves(&spec.function) {
         return Err(ApiError::UnknownFunction(spec.function.clone()));
+    }
+    if !offer.accepts(spec.codec) {
+        return Err(ApiError::UnsupportedCodec(spec.codec.as_str()));
     }
     Ok(())
 }
 
-/// One item's own check: nested at most `limits::MAX_DEPTH` deep; with `star`, an array of
-/// arguments.
+/// One item's own check: nested at most `limits::MAX_DEPTH` deep; with `codec: pickle`, a
+/// base64 string; else, with `star`, an array of arguments.
 pub(super) fn check_item(spec: &JobSpec, index: u64, item: &RawValue) -> Result<(), String> {
-    if spec.star && !item.get().starts_with('[') {
+    if spec.codec == Codec::Pickle {
+        if !is_base64_string(item) {
+            return Err(format!(
+                "codec is pickle, so every item must be a base64 string (a pickle); item {index} is {}",
+                excerpt(item.get())
+            ));
+        }
+    } else if spec.star && !item.get().starts_with('[') {
         return Err(format!(
             "star is true, so every item must be an array of arguments; item {index} is {}",
             excerpt(item.get())
@@ -267,13 +294,25 @@ pub(super) fn check_item(spec: &JobSpec, index: u64, item: &RawValue) -> Result<
     limits::check_depth(&format!("item {index}"), item.get())
 }
 
-/// The start of a JSON text, for an error message.
+/// The start of a JSON text, for an error message (an item may be megabytes).
 fn excerpt(text: &str) -> String {
-    const MAX: usize = 200;
+    const MAX: usize = 80;
     match text.char_indices().nth(MAX) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_string(),
     }
+}
+
+/// A JSON string of base64 characters only: the shape of a pickle under `codec: pickle`
+/// (poold never decodes it).
+fn is_base64_string(value: &RawValue) -> bool {
+    let text = value.get().as_bytes();
+    text.len() >= 2
+        && text[0] == b'"'
+        && text[text.len() - 1] == b'"'
+        && text[1..text.len() - 1]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
 }
 
 pub(super) fn job_response(status: StatusCode, job: Job) -> Response {
@@ -354,6 +393,27 @@ pub(super) fn validate(
     check_function_name(&request.function).map_err(ApiError::InvalidRequest)?;
     let kwargs = json_object(request.kwargs, "kwargs", limits::MAX_KWARGS_BYTES)?;
     let metadata = json_object(request.metadata, "metadata", limits::MAX_METADATA_BYTES)?;
+    let codec = request.codec.map_or(Codec::Json, Codec::from);
+    if codec == Codec::Pickle {
+        let values: std::collections::BTreeMap<String, &RawValue> =
+            serde_json::from_str(kwargs.get()).expect("kwargs is a JSON object");
+        if let Some((name, value)) = values.iter().find(|(_, v)| !is_base64_string(v)) {
+            return invalid(format!(
+                "codec is pickle, so every kwargs value must be a base64 string (a pickle); kwargs[{name:?}] is {}",
+                excerpt(value.get())
+            ));
+        }
+    }
+    let max_concurrency = match request.max_concurrency {
+        None => None,
+        Some(n) if (1..=i64::from(limits::MAX_CONCURRENCY)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return invalid(format!(
+                "max_concurrency must be between 1 and {}, got {n}",
+                limits::MAX_CONCURRENCY
+            ));
+        }
+    };
     let chunksize = match (request.chunksize, items) {
         (None, Some(n)) => auto_chunksize(n, state.pool_size),
         (None, None) => STREAM_CHUNKSIZE,
@@ -385,6 +445,8 @@ pub(super) fn validate(
         on_error: request.on_error.map_or(OnError::Continue, OnError::from),
         priority: request.priority.unwrap_or(0),
         metadata,
+        codec,
+        max_concurrency,
     })
 }
 

@@ -16,6 +16,7 @@ mod jobs;
 mod pool;
 mod results;
 mod server;
+mod upload_body;
 
 use std::sync::Arc;
 

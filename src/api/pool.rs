@@ -112,32 +112,47 @@ async fn open_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiEr
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FunctionDto {
+    /// What a job names in `function`; may be qualified as `module:qualname` (e.g.
+    /// `time:sleep`).
     name: String,
     doc: String,
+    /// Other names the workers accept for it: the bare name of a function of a Python
+    /// worker's first module, or where the function really lives when that differs from how
+    /// it was listed (`posixpath:join` for `os.path:join`). Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FunctionList {
     functions: Vec<FunctionDto>,
+    /// Codecs the workers accept for items and values: `json`, and `pickle` when they were
+    /// started with `--allow-pickle`.
+    codecs: Vec<String>,
 }
 
-/// The functions the workers advertise.
+/// The functions the workers advertise, and the codecs they accept.
 #[utoipa::path(get, path = "/v1/functions", tag = "pool", responses(
     (status = 200, body = FunctionList),
     (status = 503, description = "No worker has started yet", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn list_functions(State(state): State<AppState>) -> Result<Json<FunctionList>, ApiError> {
-    let functions = state
+    let offer = state
         .pool
-        .functions(Duration::from_secs(10))
+        .offer(Duration::from_secs(10))
         .await
         .ok_or_else(|| ApiError::NotReady("no worker has started yet; see GET /readyz".into()))?;
-    let functions = functions
+    let functions = offer
+        .functions
         .iter()
         .map(|f| FunctionDto {
             name: f.name.clone(),
             doc: f.doc.clone(),
+            aliases: f.aliases.clone(),
         })
         .collect();
-    Ok(Json(FunctionList { functions }))
+    Ok(Json(FunctionList {
+        functions,
+        codecs: offer.codecs.clone(),
+    }))
 }

@@ -39,7 +39,7 @@ pub struct Server {
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Submit a map job (like pool.map); with --follow, show its progress until it ends.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs {
         #[command(flatten)]
@@ -150,6 +150,9 @@ pub struct SubmitArgs {
     /// Higher runs first.
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// At most N of the job's chunks run at once across all workers (Pool(processes=N)).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
     /// Free-form labels as a JSON object.
     #[arg(long, value_name = "JSON")]
     pub metadata: Option<String>,
@@ -187,7 +190,7 @@ pub fn run(command: ClientCommand) -> i32 {
 
 async fn dispatch(command: ClientCommand) -> anyhow::Result<i32> {
     match command {
-        ClientCommand::Submit(args) => submit(args).await,
+        ClientCommand::Submit(args) => submit(*args).await,
         ClientCommand::Jobs {
             server,
             status,
@@ -318,6 +321,7 @@ fn job_spec(args: &SubmitArgs) -> anyhow::Result<Value> {
             }),
         ),
         ("priority", args.priority.map(|p| json!(p))),
+        ("max_concurrency", args.max_concurrency.map(|n| json!(n))),
     ];
     for (name, value) in fields {
         if let Some(value) = value {

@@ -109,6 +109,8 @@ pub fn job_details(job: &Value) -> String {
         ("chunksize", text(&job["chunksize"])),
         ("on_error", text(&job["on_error"])),
         ("priority", text(&job["priority"])),
+        ("codec", text(&job["codec"])),
+        ("max_concurrency", text(&job["max_concurrency"])),
         (
             "progress",
             format!(
@@ -125,7 +127,7 @@ pub fn job_details(job: &Value) -> String {
     ];
     fields
         .iter()
-        .map(|(name, value)| format!("{name:<12} {value}\n"))
+        .map(|(name, value)| format!("{name:<15} {value}\n"))
         .collect()
 }
 

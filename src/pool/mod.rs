@@ -4,7 +4,7 @@
 //! [`start`] spawns the [`supervisor`] task and returns a [`PoolHandle`], the cheap clone the
 //! API holds: it tells the supervisor about stored chunks (of new jobs, and of jobs whose items
 //! are still being uploaded) and about cancelled jobs, asks for snapshots, and
-//! reads the functions the workers advertise. Chunks come from the store, results go back to
+//! reads what the workers offer (their functions and codecs). Chunks come from the store, results go back to
 //! it; [`queue`] decides which job's chunk runs next; [`process`] owns one OS process.
 
 mod process;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use process::WorkerCommand;
 
-use crate::model::{Job, JobId};
+use crate::model::{Codec, Job, JobId};
 use crate::protocol::FunctionInfo;
 use crate::store::Store;
 
@@ -122,6 +122,25 @@ pub struct PoolSnapshot {
     pub last_error: Option<String>,
 }
 
+/// What the workers offer, as the latest `hello` said (every slot runs the same command).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerOffer {
+    pub functions: Vec<FunctionInfo>,
+    /// Codecs of item values they accept (`json` always).
+    pub codecs: Vec<String>,
+}
+
+impl WorkerOffer {
+    /// Whether the workers serve `function`, by its name or one of its aliases.
+    pub fn serves(&self, function: &str) -> bool {
+        self.functions.iter().any(|f| f.answers_to(function))
+    }
+
+    pub fn accepts(&self, codec: Codec) -> bool {
+        self.codecs.iter().any(|c| c == codec.as_str())
+    }
+}
+
 enum Command {
     ChunksStored(Box<Job>, u64),
     JobEnded(JobId),
@@ -131,7 +150,7 @@ enum Command {
 #[derive(Clone)]
 pub struct PoolHandle {
     commands: mpsc::Sender<Command>,
-    functions: watch::Receiver<Option<Arc<[FunctionInfo]>>>,
+    offer: watch::Receiver<Option<Arc<WorkerOffer>>>,
     accepting: Arc<AtomicBool>,
 }
 
@@ -143,17 +162,17 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (PoolHandle, tokio::task::JoinHandle<()>) {
     let (commands, commands_rx) = mpsc::channel(1024);
-    let (functions_tx, functions) = watch::channel(None);
+    let (offer_tx, offer) = watch::channel(None);
     let task = tokio::spawn(supervisor::run(
         config,
         store,
         commands_rx,
-        functions_tx,
+        offer_tx,
         shutdown,
     ));
     let handle = PoolHandle {
         commands,
-        functions,
+        offer,
         accepting: Arc::new(AtomicBool::new(true)),
     };
     (handle, task)
@@ -187,13 +206,13 @@ impl PoolHandle {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    /// The functions the workers advertise, waiting up to `wait` for the first worker to say
-    /// hello. `None` when no worker has started in that time.
-    pub async fn functions(&self, wait: Duration) -> Option<Arc<[FunctionInfo]>> {
-        let mut functions = self.functions.clone();
-        let ready = tokio::time::timeout(wait, functions.wait_for(Option::is_some)).await;
+    /// What the workers offer, waiting up to `wait` for the first worker to say hello.
+    /// `None` when no worker has started in that time.
+    pub async fn offer(&self, wait: Duration) -> Option<Arc<WorkerOffer>> {
+        let mut offer = self.offer.clone();
+        let ready = tokio::time::timeout(wait, offer.wait_for(Option::is_some)).await;
         match ready {
-            Ok(Ok(functions)) => functions.clone(),
+            Ok(Ok(offer)) => offer.clone(),
             _ => None,
         }
     }

@@ -4,7 +4,9 @@
 //! store in order, a few thousand items at most), never its whole item list. The next chunk
 //! comes from the highest-priority job with work; among equals, from the one with the fewest
 //! chunks in flight, then the fewest dispatched so far — so a 3-item job submitted behind a
-//! 100,000-item job gets the next free worker instead of waiting for the big one.
+//! 100,000-item job gets the next free worker instead of waiting for the big one. A job with
+//! `max_concurrency` is passed over while that many of its chunks are in flight (pipelined
+//! ones included), whatever its priority.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -46,6 +48,13 @@ pub struct ActiveJob {
 impl ActiveJob {
     fn has_work(&self) -> bool {
         !self.ready.is_empty() || self.unfetched > 0
+    }
+
+    /// Whether another of its chunks may start now (its `max_concurrency` is not reached).
+    fn below_cap(&self) -> bool {
+        self.spec
+            .max_concurrency
+            .is_none_or(|cap| self.in_flight < cap)
     }
 }
 
@@ -139,7 +148,7 @@ impl Queue {
             let job = self
                 .jobs
                 .iter_mut()
-                .filter(|job| job.has_work())
+                .filter(|job| job.has_work() && job.below_cap())
                 .max_by_key(|job| {
                     (
                         job.spec.priority,

@@ -307,8 +307,9 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     sqlx::query(
         "insert into jobs (id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error,
                            priority, metadata, status, total, created_at, started_at, finished_at,
-                           idempotency_key, request_hash, ingesting)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                           idempotency_key, request_hash, ingesting, codec, max_concurrency)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?20)",
     )
     .bind(&id)
     .bind(&spec.function)
@@ -328,6 +329,8 @@ async fn create_job(conn: &mut SqliteConnection, new: &NewJob) -> Result<Outcome
     .bind(idempotency.as_ref().map(|i| i.key.as_str()))
     .bind(idempotency.as_ref().map(|i| i.request_hash.as_str()))
     .bind(job.ingesting)
+    .bind(spec.codec.as_str())
+    .bind(spec.max_concurrency)
     .execute(&mut *conn)
     .await?;
     for (first_chunk, piece) in chunks {

@@ -92,6 +92,7 @@ pub fn functions() -> Vec<FunctionInfo> {
         .map(|b| FunctionInfo {
             name: b.name.to_string(),
             doc: b.doc.to_string(),
+            aliases: Vec::new(),
         })
         .collect()
 }

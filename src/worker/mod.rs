@@ -3,7 +3,8 @@
 //! Spawned by the supervisor (`pool`), one process per pool slot. It speaks the JSON-lines
 //! protocol of [`crate::protocol`] on stdin/stdout, runs each task's items one after another
 //! with the functions of [`builtins`], and exits when its stdin closes. It is plain blocking
-//! code on purpose: a worker runs one item at a time and needs no runtime.
+//! code on purpose: a worker runs one item at a time and needs no runtime. It accepts the
+//! `json` codec only (pickles are Python's).
 
 mod builtins;
 
@@ -12,7 +13,7 @@ use std::io::{self, BufRead, BufWriter, Write};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ItemError, ItemOutcome, PROTOCOL_VERSION, Task, WorkerMessage};
+use crate::protocol::{ItemError, ItemOutcome, JSON_CODEC, PROTOCOL_VERSION, Task, WorkerMessage};
 
 /// Serve tasks until stdin closes. Returns an error only when stdout is gone.
 pub fn run() -> anyhow::Result<()> {
@@ -22,6 +23,7 @@ pub fn run() -> anyhow::Result<()> {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
         functions: builtins::functions(),
+        codecs: vec![JSON_CODEC.to_string()],
     };
     write_line(&mut out, &hello)?;
 
@@ -62,11 +64,17 @@ fn write_line(out: &mut impl Write, message: &WorkerMessage) -> io::Result<()> {
 /// Run each item of a task. Items and kwargs are parsed here, one by one, so that one this
 /// worker cannot read fails alone, as an item error.
 fn run_task(task: &Task) -> Vec<ItemOutcome> {
+    // poold never sends a codec this worker did not advertise; refuse one all the same.
+    let codec = task.codec.as_deref().unwrap_or(JSON_CODEC);
     let kwargs = match task
         .kwargs
         .as_deref()
         .map(|k| serde_json::from_str(k.get()))
     {
+        _ if codec != JSON_CODEC => Err(ItemError::new(
+            "TypeError",
+            format!("the built-in worker accepts the json codec only, not {codec:?}"),
+        )),
         None => Ok(serde_json::Map::new()),
         Some(Ok(kwargs)) => Ok(kwargs),
         Some(Err(e)) => Err(ItemError::new(

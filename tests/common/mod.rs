@@ -42,9 +42,16 @@ impl TestApp {
 
     /// Start poold with extra `serve` arguments (2 workers unless they say otherwise).
     pub async fn spawn_with(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[]).await
+    }
+
+    /// Start poold with extra `serve` arguments and environment variables (which its
+    /// workers inherit, e.g. `PYTHONPATH`).
+    pub async fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("poold.db");
-        let mut app = Self::start(&db, args).await;
+        let mut app = Self::launch_with_env(&db, args, env);
+        app.wait_ready().await;
         app._dir = Some(dir);
         app
     }
@@ -58,6 +65,10 @@ impl TestApp {
 
     /// Start poold and return once it listens, ready or not.
     pub fn launch(db: &Path, args: &[&str]) -> Self {
+        Self::launch_with_env(db, args, &[])
+    }
+
+    fn launch_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = db.with_extension(format!("{}.log", uuid_like()));
         let mut command = Command::new(bin());
         command
@@ -68,6 +79,7 @@ impl TestApp {
         }
         let mut child = command
             .args(args)
+            .envs(env.iter().copied())
             .env("POOLD_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -336,6 +348,28 @@ impl Drop for TestApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The real interpreter behind `python3`: the pyenv shim costs ~135 ms per start, and
+/// Python workers are started with it.
+pub fn real_python() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed for the Python worker");
+    assert!(output.status.success(), "python3 failed: {output:?}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8 path")
+        .trim()
+        .to_string()
+}
+
+/// The SDK's package directory (`python/`), for `PYTHONPATH`.
+pub fn python_sdk_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .display()
+        .to_string()
 }
 
 pub fn signal(pid: u32, name: &str) {

@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{InFlight, MAX_BACKOFF, MIN_BACKOFF, SlotState, Supervisor};
-use crate::pool::ExitReason;
 use crate::pool::process::{self, Event, Exit, ExitKind, Origin};
-use crate::protocol::{FunctionInfo, PROTOCOL_VERSION, PooldError};
+use crate::pool::{ExitReason, WorkerOffer};
+use crate::protocol::{PROTOCOL_VERSION, PooldError};
 
 impl Supervisor {
     pub(super) fn next_restart(&self) -> Option<Instant> {
@@ -81,13 +81,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn on_hello(
-        &mut self,
-        index: usize,
-        protocol: u32,
-        pid: u32,
-        functions: Vec<FunctionInfo>,
-    ) {
+    pub(super) fn on_hello(&mut self, index: usize, protocol: u32, pid: u32, offer: WorkerOffer) {
         if protocol != PROTOCOL_VERSION {
             let error = format!(
                 "worker command {:?} speaks protocol version {protocol}, poold speaks {PROTOCOL_VERSION}",
@@ -102,18 +96,18 @@ impl Supervisor {
         tracing::info!(
             worker = index,
             pid,
-            functions = functions.len(),
+            functions = offer.functions.len(),
+            codecs = ?offer.codecs,
             "worker ready"
         );
         let slot = &mut self.slots[index];
         slot.state = SlotState::Ready;
         slot.backoff = MIN_BACKOFF;
         self.last_error = None;
-        let functions: Arc<[FunctionInfo]> = functions.into();
-        self.functions.send_if_modified(|current| {
-            let changed = current.as_deref() != Some(&functions[..]);
+        self.offer.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(&offer);
             if changed {
-                *current = Some(functions);
+                *current = Some(Arc::new(offer));
             }
             changed
         });

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{Event, WorkerProcess};
 use super::queue::{Pending, Queue};
-use super::{Command, ExitReason, PoolConfig, PoolSnapshot, WorkerInfo, WorkerState};
-use crate::model::{JobId, JobStatus};
-use crate::protocol::{FunctionInfo, ItemOutcome, PooldError, PooldMessage, WorkerMessage};
+use super::{Command, ExitReason, PoolConfig, PoolSnapshot, WorkerInfo, WorkerOffer, WorkerState};
+use crate::model::{Codec, JobId, JobStatus};
+use crate::protocol::{ItemOutcome, PooldError, PooldMessage, WorkerMessage};
 use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
@@ -86,7 +86,7 @@ struct Supervisor {
     slots: Vec<Slot>,
     queue: Queue,
     events: mpsc::UnboundedSender<Event>,
-    functions: watch::Sender<Option<Arc<[FunctionInfo]>>>,
+    offer: watch::Sender<Option<Arc<WorkerOffer>>>,
     next_task_id: u64,
     last_error: Option<String>,
     draining: bool,
@@ -100,7 +100,7 @@ pub async fn run(
     config: PoolConfig,
     store: Store,
     mut commands: mpsc::Receiver<Command>,
-    functions: watch::Sender<Option<Arc<[FunctionInfo]>>>,
+    offer: watch::Sender<Option<Arc<WorkerOffer>>>,
     shutdown: CancellationToken,
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
@@ -123,7 +123,7 @@ pub async fn run(
         store,
         queue: Queue::default(),
         events,
-        functions,
+        offer,
         next_task_id: 0,
         last_error: None,
         draining: false,
@@ -267,8 +267,14 @@ impl Supervisor {
                     protocol,
                     pid,
                     functions,
+                    codecs,
                 },
-            ) => self.on_hello(origin.slot, protocol, pid, functions),
+            ) => self.on_hello(
+                origin.slot,
+                protocol,
+                pid,
+                WorkerOffer { functions, codecs },
+            ),
             Event::Message(_, WorkerMessage::Result { id, results }) => {
                 self.on_result(origin.slot, id, results)
             }
@@ -406,6 +412,7 @@ impl Supervisor {
                 kwargs: &job.spec.kwargs,
                 star: job.spec.star,
                 items: &pending.chunk.items,
+                codec: (job.spec.codec != Codec::Json).then_some(job.spec.codec.as_str()),
             };
             let budget = crate::limits::chunk_budget(job.spec.timeout_s, pending.chunk.size);
             let mut line = serde_json::to_string(&message).expect("task serializes");
