@@ -70,6 +70,8 @@ struct Slot {
     process: Option<WorkerProcess>,
     in_flight: VecDeque<InFlight>,
     tasks_completed: u64,
+    /// Items of those chunks (what `GET /v1/pool` reports as `items_completed`).
+    items_completed: u64,
     /// Chunks sent to its current process (for `--max-tasks-per-worker`).
     tasks_sent: u64,
     restarts: u64,
@@ -112,6 +114,7 @@ pub async fn run(
                 process: None,
                 in_flight: VecDeque::new(),
                 tasks_completed: 0,
+                items_completed: 0,
                 tasks_sent: 0,
                 restarts: 0,
                 backoff: MIN_BACKOFF,
@@ -274,6 +277,7 @@ impl Supervisor {
         }
         let flight = slot.in_flight.pop_front().expect("checked above");
         slot.tasks_completed += 1;
+        slot.items_completed += results.len() as u64;
         let now = Instant::now();
         if let Some(next) = slot.in_flight.front_mut() {
             next.deadline = next.budget.map(|b| now + b);
@@ -386,6 +390,7 @@ impl Supervisor {
                 },
                 job_id: slot.in_flight.front().map(|f| f.job),
                 tasks_completed: slot.tasks_completed,
+                items_completed: slot.items_completed,
                 restarts: slot.restarts,
             })
             .collect();
