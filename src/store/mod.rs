@@ -364,6 +364,25 @@ impl Store {
         .await
     }
 
+    /// Like [`Store::results_by_index`], only the items whose result is an error.
+    pub async fn failed_results_by_index(
+        &self,
+        id: JobId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>> {
+        self.results_page(
+            "select json_group_array(json_array(item_index, value, error, log) order by item_index)
+             from (select item_index, value, error, log from results
+                   where job_id = ?1 and item_index >= ?2 and error is not null
+                   order by item_index limit ?3)",
+            id,
+            from,
+            limit,
+        )
+        .await
+    }
+
     /// Results in the order they were recorded, skipping the first `skip`.
     pub async fn results_by_completion(
         &self,
