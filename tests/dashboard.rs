@@ -1,0 +1,419 @@
+//! The web dashboard in a real browser: headless Chromium driven through ChromeDriver
+//! (`tests/browser`) against the real poold binary with real workers (`tests/common`).
+//! Each test ends by checking that the page asked no other host for anything and that the
+//! browser logged no error (a CSP violation is one), and saves screenshots (their paths are
+//! printed; `UPDATE_SCREENSHOTS=1` also copies them to `docs/dashboard/`).
+//!
+//! Needs `chromium` and `chromium-driver` (Debian); without them the tests say so and pass,
+//! except under `CI=true`.
+
+mod browser;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use browser::{Browser, DESKTOP};
+use common::TestApp;
+use serde_json::{Value, json};
+
+/// The browser tests share two CPUs with the servers and workers they test: one at a time.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// No error but these is expected in the browser log.
+fn no_errors(_: &str) -> bool {
+    false
+}
+
+#[tokio::test]
+async fn overview_shows_the_workers_failed_items_and_rate_and_flips_the_pool() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = TestApp::spawn().await;
+    let Some(browser) = Browser::start("overview", &app.url).await else {
+        return;
+    };
+    let failing = app
+        .submit(json!({"function": "fail", "items": ["disk full"]}))
+        .await;
+    app.wait_job(&failing).await;
+
+    browser.goto("/").await;
+    for pid in app.wait_workers("idle").await {
+        browser
+            .wait_for(&format!("#workers tr[data-pid='{pid}']"))
+            .await;
+    }
+    browser
+        .wait_js(
+            "the failed item in the list",
+            "document.querySelector('#failed-items')?.innerText.includes('ValueError') && \
+             document.querySelector('#failed-items').innerText.includes('disk full')",
+        )
+        .await;
+
+    // Items per second: the sum of the workers' items_completed, sampled every second.
+    let sleeper = app
+        .submit(json!({"function": "sleep", "items": vec![0.05; 60], "chunksize": 1}))
+        .await;
+    let rate = browser
+        .wait_js(
+            "a non-zero rate while a job runs",
+            "(() => { const r = parseFloat(document.querySelector('#items-rate').innerText); \
+              return r > 0 ? r : null; })()",
+        )
+        .await;
+    assert!(rate.as_f64().unwrap() > 0.0);
+    app.wait_job(&sleeper).await;
+    browser.screenshot("overview").await;
+
+    // Close, confirmed in the page's own dialog, then open again.
+    browser.click("#pool-toggle").await;
+    browser.wait_for("#confirm-dialog[open]").await;
+    browser.click("#confirm-yes").await;
+    app.wait_pool("a closed pool", |p| p["accepting"] == false)
+        .await;
+    browser
+        .wait_for("#pool-state[data-accepting='false']")
+        .await;
+    let refused = app
+        .post_job(&json!({"function": "square", "items": [1]}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    browser.click("#pool-toggle").await;
+    app.wait_pool("an open pool", |p| p["accepting"] == true)
+        .await;
+    browser.wait_for("#pool-state[data-accepting='true']").await;
+
+    // Phone width: one column, nothing wider than the screen.
+    browser.set_size((390, 844)).await;
+    browser
+        .wait_js(
+            "the page to fit a phone-width window",
+            "document.documentElement.scrollWidth <= window.innerWidth && window.innerWidth < 500",
+        )
+        .await;
+    browser.screenshot("phone").await;
+    browser.set_size(DESKTOP).await;
+    browser.assert_clean(no_errors).await;
+    browser.close().await;
+}
+
+/// `slow_square(x)`: x*x after 50 ms, printing a line (the item's log); raises for x < 0.
+const FUNCS: &str = r#"
+import time
+
+def slow_square(x):
+    """slow_square(x): x * x, after 50 ms; ValueError for a negative x."""
+    time.sleep(0.05)
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    print(f"squaring {x}")
+    return x * x
+"#;
+
+#[tokio::test]
+async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_tracebacks() {
+    let _one = ONE_BROWSER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("funcs.py"), FUNCS).unwrap();
+    let worker = format!(
+        "{} {}/python/poold/worker.py {}",
+        common::python(),
+        env!("CARGO_MANIFEST_DIR"),
+        dir.path().join("funcs.py").display()
+    );
+    let app = TestApp::spawn_with(&["--worker-command", &worker]).await;
+    let Some(browser) = Browser::start("jobs", &app.url).await else {
+        return;
+    };
+    browser.goto("/ui/jobs").await;
+    browser.wait_for(".pager").await;
+
+    // 80 items of 50 ms on 2 workers: about 2 s, seen by a list that polls every second.
+    let items: Vec<i64> = (0..80)
+        .map(|i| if [7, 23].contains(&i) { -i } else { i })
+        .collect();
+    let id = app
+        .submit(json!({"function": "slow_square", "items": items, "chunksize": 1}))
+        .await;
+    let bar = format!("tr[data-job-id='{id}'] [role=progressbar]");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = browser
+            .js(&format!(
+                "document.querySelector(\"{bar}\")?.getAttribute('aria-valuenow') ?? null"
+            ))
+            .await;
+        if let Some(percent) = value.as_str().and_then(|v| v.parse::<f64>().ok()) {
+            if seen.last() != Some(&percent) {
+                seen.push(percent);
+            }
+            if percent == 100.0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bar never reached 100 %: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.iter().any(|p| *p > 0.0 && *p < 100.0),
+        "the bar never showed progress between 0 and 100 %: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "the bar went back: {seen:?}"
+    );
+    browser
+        .wait_js(
+            "the row to say completed",
+            &format!(
+                "document.querySelector(\"tr[data-job-id='{id}']\").innerText.includes('completed')"
+            ),
+        )
+        .await;
+    browser.screenshot("jobs").await;
+
+    // The job page, through the row's link.
+    browser.click(&format!("tr[data-job-id='{id}'] a")).await;
+    browser.wait_for("#job-fields").await;
+    let indexes = browser
+        .wait_js(
+            "the first page of results",
+            "(() => { const rows = [...document.querySelectorAll('tr.result')]; \
+              return rows.length === 50 ? rows.map(r => Number(r.dataset.index)) : null; })()",
+        )
+        .await;
+    assert_eq!(indexes, json!((0..50).collect::<Vec<_>>()));
+    assert_eq!(browser.text("tr.result[data-index='9'] .value").await, "81");
+    assert_eq!(browser.text("[data-field='status']").await, "completed");
+
+    // A failed item folds open its traceback on click; a value's row shows its log.
+    browser.click("tr.result[data-index='7']").await;
+    let traceback = browser
+        .wait_js(
+            "the traceback",
+            "document.querySelector(\"tr.result[data-index='7'] + tr.detail:not([hidden]) pre.traceback\")?.innerText",
+        )
+        .await;
+    let traceback = traceback.as_str().unwrap();
+    assert!(
+        traceback.contains("Traceback (most recent call last)"),
+        "{traceback}"
+    );
+    assert!(
+        traceback.contains("ValueError: negative: -7"),
+        "{traceback}"
+    );
+    browser.click("tr.result[data-index='2']").await;
+    let log = browser
+        .wait_js(
+            "the log",
+            "document.querySelector(\"tr.result[data-index='2'] + tr.detail:not([hidden]) pre.log\")?.innerText",
+        )
+        .await;
+    assert_eq!(log, "squaring 2\n");
+    browser
+        .js("document.querySelector(\"tr.result[data-index='7']\").scrollIntoView({block: 'center'})")
+        .await;
+    browser.screenshot("job-results").await;
+
+    // Only the failed items (GET …/results?failed=true), then the next page of all of them.
+    browser.click("#results-failed-only").await;
+    browser
+        .wait_js(
+            "the failed items only",
+            "[...document.querySelectorAll('tr.result')].map(r => r.dataset.index).join() === '7,23'",
+        )
+        .await;
+    browser.click("[data-mode='all']").await;
+    browser.wait_for("tr.result[data-index='49']").await;
+    browser.click("#results-next").await;
+    let indexes = browser
+        .wait_js(
+            "the second page",
+            "(() => { const rows = [...document.querySelectorAll('tr.result')]; \
+              return rows.length && rows[0].dataset.index === '50' ? rows.map(r => Number(r.dataset.index)) : null; })()",
+        )
+        .await;
+    assert_eq!(indexes, json!((50..80).collect::<Vec<_>>()));
+    browser.assert_clean(no_errors).await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn cancel_and_delete_are_confirmed_in_the_page_and_done_through_the_api() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = TestApp::spawn().await;
+    let Some(browser) = Browser::start("cancel", &app.url).await else {
+        return;
+    };
+    let id = app
+        .submit(json!({"function": "sleep", "items": [30, 30, 30, 30], "chunksize": 1}))
+        .await;
+    app.wait_any_busy().await;
+    browser.goto(&format!("/ui/jobs/{id}")).await;
+
+    // "Keep running" leaves it alone.
+    browser.click("#cancel-job").await;
+    browser.wait_for("#confirm-dialog[open]").await;
+    browser.click("#confirm-no").await;
+    browser
+        .wait_js(
+            "the dialog to close",
+            "!document.querySelector('#confirm-dialog').open",
+        )
+        .await;
+    assert_eq!(app.job(&id).await["status"], "running");
+
+    browser.click("#cancel-job").await;
+    browser.wait_for("#confirm-dialog[open]").await;
+    browser.click("#confirm-yes").await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    browser
+        .wait_js(
+            "the page to show the cancelled job",
+            "document.querySelector('[data-field=status]')?.innerText === 'cancelled'",
+        )
+        .await;
+    browser.wait_for("#delete-job").await;
+
+    browser.click("#delete-job").await;
+    browser.wait_for("#confirm-dialog[open]").await;
+    browser.click("#confirm-yes").await;
+    browser
+        .wait_js(
+            "the jobs list with the deletion notice",
+            "location.pathname === '/ui/jobs' && document.querySelector('.notice.info')?.innerText.includes('Deleted job')",
+        )
+        .await;
+    let gone = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(gone.status(), 404);
+    browser.assert_clean(no_errors).await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn with_a_token_the_page_asks_for_it_refuses_a_wrong_one_and_shows_data_with_the_right_one() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut app = TestApp::spawn_with(&["--api-token", "s3cret-token"]).await;
+    app.use_token("s3cret-token");
+    let Some(browser) = Browser::start("token", &app.url).await else {
+        return;
+    };
+    browser.goto("/").await;
+    browser.wait_for("#token-dialog[open]").await;
+    assert!(browser.text("#main").await.contains("API token needed"));
+    browser.screenshot("token").await;
+
+    browser.type_into("#token-input", "wrong-token").await;
+    browser.click("#token-submit").await;
+    let message = browser
+        .wait_js(
+            "the 401 message",
+            "(() => { const e = document.querySelector('#token-error'); \
+              return document.querySelector('#token-dialog').open && !e.hidden ? e.innerText : null; })()",
+        )
+        .await;
+    let message = message.as_str().unwrap();
+    assert!(
+        message.contains("401") && message.contains("wrong"),
+        "{message}"
+    );
+
+    browser.type_into("#token-input", "s3cret-token").await;
+    browser.click("#token-submit").await;
+    for pid in app.wait_workers("idle").await {
+        browser
+            .wait_for(&format!("#workers tr[data-pid='{pid}']"))
+            .await;
+    }
+    let stored = browser.js("sessionStorage.getItem('poold.token')").await;
+    assert_eq!(stored, Value::from("s3cret-token"));
+    // The two refused requests (no token, then the wrong one) are logged by the browser as
+    // failed loads; nothing else may be.
+    browser
+        .assert_clean(|message| message.contains("/v1/") && message.contains("status of 401"))
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_million_item_job_page_shows_one_page_of_results_and_draws_a_few_times_a_second() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = TestApp::spawn().await;
+    let Some(browser) = Browser::start("million", &app.url).await else {
+        return;
+    };
+    let items: Vec<u64> = (0..1_000_000).collect();
+    let id = app
+        .submit(json!({"function": "square", "items": items}))
+        .await;
+    browser.goto(&format!("/ui/jobs/{id}")).await;
+    let percent =
+        "Number(document.querySelector('#job-progress')?.getAttribute('aria-valuenow') ?? -1)";
+    browser
+        .wait_js("progress on the page", &format!("{percent} > 0"))
+        .await;
+    let renders = "Number(document.querySelector('#job-progress').dataset.renders)";
+    let first_renders = browser.js(renders).await.as_f64().unwrap();
+    let started = Instant::now();
+
+    // While it runs: one page of results in the table, and the page answers at once.
+    let mut slowest = Duration::ZERO;
+    let mut live_shot = false;
+    loop {
+        let asked = Instant::now();
+        let state = browser
+            .js(&format!(
+                "[{percent}, document.querySelectorAll('tr.result').length]"
+            ))
+            .await;
+        slowest = slowest.max(asked.elapsed());
+        let (done, rows) = (state[0].as_f64().unwrap(), state[1].as_u64().unwrap());
+        assert!(rows <= 50, "{rows} result rows in the page");
+        if !live_shot && done >= 40.0 && done < 100.0 {
+            browser.screenshot("job").await;
+            live_shot = true;
+        }
+        if done == 100.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job took too long"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let drawn = browser.js(renders).await.as_f64().unwrap() - first_renders;
+    println!("{drawn} renders in {seconds:.1} s; slowest script round trip {slowest:?}");
+    assert!(drawn >= 2.0, "the page drew progress only {drawn} times");
+    // The page draws at most 4 times a second (plus the last one); allow one frame of slack.
+    assert!(
+        drawn <= 4.0 * seconds + 2.0,
+        "{drawn} renders in {seconds:.1} s"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the page took {slowest:?} to answer a script while the job ran"
+    );
+
+    // The last page, by index: 999950..999999 with their squares.
+    browser.type_into(".goto input", "999999").await;
+    browser.click(".goto button").await;
+    let last = browser
+        .wait_js(
+            "the last page",
+            "(() => { const rows = [...document.querySelectorAll('tr.result')]; \
+              return rows.length === 50 && rows[0].dataset.index === '999950' \
+                ? rows[49].querySelector('.value').innerText : null; })()",
+        )
+        .await;
+    assert_eq!(last, json!((999_999u64 * 999_999).to_string()));
+    browser.assert_clean(no_errors).await;
+    browser.close().await;
+}
