@@ -3,11 +3,12 @@
 // the chart follows the light/dark setting. It redraws itself when its box changes size.
 
 /**
- * `chart = lineChart({label, xLabel, yLabel})`; put `chart.el` in the page and call
+ * `chart = lineChart({label, xLabel, yLabel, signal})`; put `chart.el` in the page and call
  * `chart.draw(points, {xMin, xMax})` with points `{x, y}` (x in seconds; `y: null` breaks
- * the line). `xLabel(x)` and `yLabel(y)` format the axis labels.
+ * the line). `xLabel(x)` and `yLabel(y)` format the axis labels. It stops following size and
+ * colour-scheme changes when `signal` aborts.
  */
-export function lineChart({ label, xLabel, yLabel }) {
+export function lineChart({ label, xLabel, yLabel, signal }) {
   const canvas = document.createElement('canvas');
   canvas.setAttribute('role', 'img');
   canvas.setAttribute('aria-label', label);
@@ -33,7 +34,15 @@ export function lineChart({ label, xLabel, yLabel }) {
     ctx.clearRect(0, 0, width, height);
     paint(ctx, width, height, last, xLabel, yLabel);
   };
-  new ResizeObserver(() => draw()).observe(el);
+  const resized = new ResizeObserver(() => draw());
+  resized.observe(el);
+  const scheme = matchMedia('(prefers-color-scheme: dark)');
+  const recolour = () => draw();
+  scheme.addEventListener('change', recolour);
+  signal.addEventListener('abort', () => {
+    resized.disconnect();
+    scheme.removeEventListener('change', recolour);
+  }, { once: true });
   return { el, canvas, draw };
 }
 
@@ -91,6 +100,13 @@ function paint(ctx, width, height, { points, xMin, xMax }, xLabel, yLabel) {
   if (run.length) runs.push(run);
   const accent = color('--accent');
   for (const r of runs) {
+    if (r.length === 1) { // a lone sample: a dot, since a line needs two
+      ctx.beginPath();
+      ctx.arc(px(r[0].x), py(r[0].y), 2.5, 0, 2 * Math.PI);
+      ctx.fillStyle = accent;
+      ctx.fill();
+      continue;
+    }
     ctx.beginPath();
     ctx.moveTo(px(r[0].x), py(0));
     r.forEach((p) => ctx.lineTo(px(p.x), py(p.y)));

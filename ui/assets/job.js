@@ -53,6 +53,7 @@ export async function mount(ctx) {
     label: 'Items finished per second over the job’s run',
     xLabel: (x) => duration(x),
     yLabel: axisNumber,
+    signal: ctx.signal,
   });
   const results = resultsTable(ctx, job.id, {
     failedOnly: ctx.query.get('failed') === '1',
@@ -92,7 +93,7 @@ export async function mount(ctx) {
       h('span', {}, h('strong', {}, count(job.done)), ` / ${job.total === null ? '? (uploading)' : count(job.total)} done`),
       h(`span${job.failed ? '.bad' : ''}`, {}, `${count(job.failed)} failed`),
       perSecond === null ? null : h('span', {}, `${rate(perSecond).replace('/s', '')} items/s`),
-      finished ? null : h('span', {}, `ETA ${duration(eta)}`),
+      finished || eta === null ? null : h('span', {}, `ETA ${duration(eta)}`),
       job.started_at ? h('span.muted', {}, finished
         ? `ran ${duration((Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000)}`
         : `running for ${duration((Date.now() - Date.parse(job.started_at)) / 1000)}`) : h('span.muted', {}, 'not started'));

@@ -37,8 +37,10 @@ export function mount(ctx) {
     label: 'Items finished per second over the last minutes',
     xLabel: (x) => (x >= 0 ? 'now' : `${duration(-x)} ago`),
     yLabel: axisNumber,
+    signal: ctx.signal,
   });
   let pool = null;
+  let nodes = null; // GET /v1/nodes, when the workers name nodes
   let nodesAvailable = true;
 
   fill(ctx.root,
@@ -68,6 +70,7 @@ export function mount(ctx) {
     try {
       pool = await post(closing ? '/v1/pool/close' : '/v1/pool/open', ctx.signal);
       showPool(els, pool);
+      showWorkers(els.workersPanel, pool, nodes, Date.now());
     } catch (e) {
       ctx.error(e);
     } finally {
@@ -80,15 +83,16 @@ export function mount(ctx) {
     const now = Date.now();
     samples.push({ t: now, items: pool.workers.reduce((sum, w) => sum + (w.items_completed || 0), 0) });
     while (samples.length && samples[0].t < now - (WINDOW_S + 5) * 1000) samples.shift();
-    let nodes = null;
+    let fresh = null;
     if (nodesAvailable && pool.workers.some((w) => w.node !== undefined && w.node !== null)) {
       try {
-        nodes = (await getJson('/v1/nodes', { signal })).nodes;
+        fresh = (await getJson('/v1/nodes', { signal })).nodes;
       } catch (e) {
         if (e.status !== 404) throw e;
         nodesAvailable = false; // a single pool: show it as one
       }
     }
+    nodes = fresh;
     const busy = pool.queued_chunks > 0 || pool.workers.some((w) => w.state === 'busy');
     const todo = busy ? await itemsToDo(signal) : 'nothing to do';
     showPool(els, pool);
@@ -163,7 +167,7 @@ function workerTable(workers) {
       h('td', {}, String(w.id)),
       h('td.mono', {}, w.pid === null ? '–' : String(w.pid)),
       h('td', {}, h(`span.badge.worker-${w.state}`, {}, w.state)),
-      h('td', {}, w.job_id ? link(`/ui/jobs/${w.job_id}`, h('span.mono', {}, shortId(w.job_id))) : h('span.muted', {}, 'idle')),
+      h('td', {}, w.job_id ? link(`/ui/jobs/${w.job_id}`, h('span.mono', {}, shortId(w.job_id))) : h('span.muted', {}, '–')),
       h('td.num', {}, count(w.tasks_completed)),
       h('td.num', {}, count(w.items_completed)),
       h('td.num', {}, count(w.restarts)))))));

@@ -24,6 +24,8 @@ export function resultsTable(ctx, jobId, { failedOnly = false, index = null } = 
     lastLoad: 0,
   };
   const body = h('tbody');
+  const table = h('div.table-scroll', { hidden: true }, h('table.table.results-table', {},
+    h('thead', {}, h('tr', {}, h('th.num', {}, 'Index'), h('th', {}, 'Result'))), body));
   const empty = h('p.muted.empty', { hidden: true });
   const prev = h('button.button.small', { type: 'button', id: 'results-prev' }, '‹ Previous');
   const next = h('button.button.small', { type: 'button', id: 'results-next' }, 'Next ›');
@@ -35,8 +37,7 @@ export function resultsTable(ctx, jobId, { failedOnly = false, index = null } = 
     h('button', { type: 'button', 'data-mode': 'failed', id: 'results-failed-only' }, 'Failed only'));
   const el = h('section.panel.flush.results', {},
     h('div.panel-head.padded', {}, h('h2', {}, 'Results'), modes),
-    h('div.table-scroll', {}, h('table.table.results-table', {},
-      h('thead', {}, h('tr', {}, h('th.num', {}, 'Index'), h('th', {}, 'Result'))), body)),
+    table,
     empty,
     h('div.pager', {}, prev, where, goForm, next));
 
@@ -95,6 +96,7 @@ export function resultsTable(ctx, jobId, { failedOnly = false, index = null } = 
   function show() {
     const { results, next_offset: nextOffset } = state.page;
     fill(body, results.flatMap(row));
+    table.hidden = results.length === 0;
     empty.hidden = results.length > 0;
     empty.textContent = state.failedOnly
       ? (state.offset ? 'No failed items from here on.' : 'No failed items.')
