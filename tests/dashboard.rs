@@ -52,7 +52,7 @@ async fn overview_shows_the_workers_failed_items_and_rate_and_flips_the_pool() {
 
     // Items per second: the sum of the workers' items_completed, sampled every second.
     let sleeper = app
-        .submit(json!({"function": "sleep", "items": vec![0.05; 60], "chunksize": 1}))
+        .submit(json!({"function": "sleep", "items": vec![0.05; 160], "chunksize": 1}))
         .await;
     let rate = browser
         .wait_js(
@@ -62,8 +62,14 @@ async fn overview_shows_the_workers_failed_items_and_rate_and_flips_the_pool() {
         )
         .await;
     assert!(rate.as_f64().unwrap() > 0.0);
-    app.wait_job(&sleeper).await;
+    // Half way through the job the chart has a few seconds of it: the picture for the README.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.job(&sleeper).await["done"].as_u64().unwrap() < 100 {
+        assert!(Instant::now() < deadline, "the sleep job stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     browser.screenshot("overview").await;
+    app.wait_job(&sleeper).await;
 
     // Close, confirmed in the page's own dialog, then open again.
     browser.click("#pool-toggle").await;
@@ -93,6 +99,16 @@ async fn overview_shows_the_workers_failed_items_and_rate_and_flips_the_pool() {
         .await;
     browser.screenshot("phone").await;
     browser.set_size(DESKTOP).await;
+
+    // Dark when the system is.
+    browser.color_scheme("dark").await;
+    browser
+        .wait_js(
+            "the dark theme",
+            "getComputedStyle(document.body).backgroundColor === 'rgb(14, 17, 22)'",
+        )
+        .await;
+    browser.screenshot("overview-dark").await;
     browser.assert_clean(no_errors).await;
     browser.close().await;
 }
@@ -125,8 +141,26 @@ async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_
     let Some(browser) = Browser::start("jobs", &app.url).await else {
         return;
     };
+    // A few finished jobs around the one to watch: completed, failed fast, cancelled.
+    let done = app
+        .submit(json!({"function": "slow_square", "items": [1, 2, 3]}))
+        .await;
+    let failed = app
+        .submit(json!({"function": "slow_square", "items": [-1, 2], "on_error": "fail_fast"}))
+        .await;
+    let cancelled = app
+        .submit(json!({"function": "slow_square", "items": vec![5; 400], "chunksize": 1, "priority": -1}))
+        .await;
+    app.post(&format!("/v1/jobs/{cancelled}/cancel")).await;
+    for id in [&done, &failed, &cancelled] {
+        app.wait_job(id).await;
+    }
     browser.goto("/ui/jobs").await;
-    browser.wait_for(".pager").await;
+    for status in ["completed", "failed", "cancelled"] {
+        browser
+            .wait_for(&format!("tbody [data-status='{status}']"))
+            .await;
+    }
 
     // 80 items of 50 ms on 2 workers: about 2 s, seen by a list that polls every second.
     let items: Vec<i64> = (0..80)
@@ -137,6 +171,7 @@ async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_
         .await;
     let bar = format!("tr[data-job-id='{id}'] [role=progressbar]");
     let mut seen = Vec::new();
+    let mut shot = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let value = browser
@@ -147,6 +182,10 @@ async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_
         if let Some(percent) = value.as_str().and_then(|v| v.parse::<f64>().ok()) {
             if seen.last() != Some(&percent) {
                 seen.push(percent);
+                if (10.0..95.0).contains(&percent) && !shot {
+                    browser.screenshot("jobs").await;
+                    shot = true;
+                }
             }
             if percent == 100.0 {
                 break;
@@ -157,6 +196,9 @@ async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_
             "the bar never reached 100 %: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !shot {
+        browser.screenshot("jobs").await;
     }
     assert!(
         seen.iter().any(|p| *p > 0.0 && *p < 100.0),
@@ -174,7 +216,6 @@ async fn a_running_jobs_bar_reaches_100_and_its_page_shows_results_in_order_and_
             ),
         )
         .await;
-    browser.screenshot("jobs").await;
 
     // The job page, through the row's link.
     browser.click(&format!("tr[data-job-id='{id}'] a")).await;
@@ -270,6 +311,7 @@ async fn cancel_and_delete_are_confirmed_in_the_page_and_done_through_the_api() 
 
     browser.click("#cancel-job").await;
     browser.wait_for("#confirm-dialog[open]").await;
+    browser.screenshot("confirm").await;
     browser.click("#confirm-yes").await;
     let job = app.wait_job(&id).await;
     assert_eq!(job["status"], "cancelled", "{job}");
@@ -375,7 +417,7 @@ async fn a_million_item_job_page_shows_one_page_of_results_and_draws_a_few_times
         slowest = slowest.max(asked.elapsed());
         let (done, rows) = (state[0].as_f64().unwrap(), state[1].as_u64().unwrap());
         assert!(rows <= 50, "{rows} result rows in the page");
-        if !live_shot && done >= 40.0 && done < 100.0 {
+        if !live_shot && (40.0..100.0).contains(&done) {
             browser.screenshot("job").await;
             live_shot = true;
         }

@@ -26,6 +26,8 @@ pub struct Browser {
     origin: String,
     /// Where this test's screenshots go.
     pub shots: PathBuf,
+    /// Width and height the window adds around the page.
+    frame: (u32, u32),
 }
 
 /// The window size of every test but the phone-width check.
@@ -84,11 +86,22 @@ impl Browser {
             .expect("open a Chromium session through chromedriver");
         let shots = std::env::temp_dir().join("poold-dashboard").join(test);
         std::fs::create_dir_all(&shots).expect("screenshot dir");
+        // What the window adds around the page, measured at the start size (a window has a
+        // minimum width, so this cannot be measured after a resize to phone width).
+        let frame = client
+            .execute(
+                "return [outerWidth - innerWidth, outerHeight - innerHeight];",
+                vec![],
+            )
+            .await
+            .expect("measure the window");
+        let extra = |i: usize| frame[i].as_u64().unwrap_or(0) as u32;
         let browser = Browser {
             client,
             _driver: driver,
             origin: origin.trim_end_matches('/').to_string(),
             shots,
+            frame: (extra(0), extra(1)),
         };
         browser.set_size(DESKTOP).await;
         Some(browser)
@@ -180,12 +193,9 @@ impl Browser {
 
     /// Make the page's viewport (not the window around it) `width` × `height` CSS pixels.
     pub async fn set_size(&self, (width, height): (u32, u32)) {
-        let frame = self
-            .js("[outerWidth - innerWidth, outerHeight - innerHeight]")
-            .await;
-        let extra = |i: usize| frame[i].as_u64().unwrap_or(0) as u32;
+        let (frame_width, frame_height) = self.frame;
         self.client
-            .set_window_size(width + extra(0), height + extra(1))
+            .set_window_size(width + frame_width, height + frame_height)
             .await
             .expect("resize");
     }
@@ -235,6 +245,37 @@ impl Browser {
     /// End the WebDriver session; the guard then stops ChromeDriver.
     pub async fn close(self) {
         let _ = self.client.clone().close().await;
+    }
+
+    /// Emulate the system's colour scheme (`light` or `dark`) for `prefers-color-scheme`.
+    pub async fn color_scheme(&self, scheme: &str) {
+        let params = json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]});
+        self.client
+            .issue_cmd(Cdp("Emulation.setEmulatedMedia", params))
+            .await
+            .expect("emulate the colour scheme");
+    }
+}
+
+/// A Chrome DevTools Protocol command, through ChromeDriver's `goog/cdp/execute`.
+#[derive(Debug)]
+struct Cdp(&'static str, Value);
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _url: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({"cmd": self.0, "params": self.1});
+        (http::Method::POST, Some(body.to_string()))
     }
 }
 
