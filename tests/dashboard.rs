@@ -334,7 +334,23 @@ async fn cancel_and_delete_are_confirmed_in_the_page_and_done_through_the_api() 
         .await;
     let gone = app.get(&format!("/v1/jobs/{id}")).await;
     assert_eq!(gone.status(), 404);
-    browser.assert_clean(no_errors).await;
+
+    // The deleted job's page says so, with the API's 404 problem.
+    browser.goto(&format!("/ui/jobs/{id}")).await;
+    let text = browser
+        .wait_js(
+            "the not-found message",
+            "document.querySelector('#main h1')?.innerText === 'Job not found' && document.querySelector('#main').innerText",
+        )
+        .await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("404 job_not_found"), "{text}");
+    browser.screenshot("not-found").await;
+    browser
+        .assert_clean(|message| {
+            message.contains(&format!("/v1/jobs/{id}")) && message.contains("status of 404")
+        })
+        .await;
     browser.close().await;
 }
 
@@ -457,5 +473,68 @@ async fn a_million_item_job_page_shows_one_page_of_results_and_draws_a_few_times
         .await;
     assert_eq!(last, json!((999_999u64 * 999_999).to_string()));
     browser.assert_clean(no_errors).await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn event_streams_reconnect_after_poold_restarts_without_a_gap_or_a_duplicate() {
+    let _one = ONE_BROWSER.lock().await;
+    let mut app = TestApp::spawn().await;
+    let Some(browser) = Browser::start("reconnect", &app.url).await else {
+        return;
+    };
+    let id = app
+        .submit(json!({"function": "sleep", "items": vec![0.1; 40], "chunksize": 1}))
+        .await;
+    browser.goto(&format!("/ui/jobs/{id}")).await;
+    browser.wait_for("#job-progress").await;
+    // Besides the page's own progress stream, the page's stream reader (api.js) follows the
+    // job's results, whose ids it must resume from.
+    browser
+        .js(&format!(
+            "(() => {{ window.seen = []; window.states = []; window.ended = false; \
+               import('/ui/assets/api.js').then(({{ eventStream }}) => eventStream(\
+                 '/v1/jobs/{id}/events', {{ signal: new AbortController().signal, \
+                   onState: (s) => window.states.push(s), \
+                   onEvent: (e) => {{ if (e.event === 'result') window.seen.push(e.data.index); \
+                                      if (e.event === 'end') window.ended = true; }} }}))\
+               .catch((e) => {{ window.failure = String(e); }}); return true; }})()"
+        ))
+        .await;
+    browser
+        .wait_js("some results", "window.seen.length >= 6")
+        .await;
+
+    // kill -9 and start again on the same port and database: the job resumes.
+    let address = app.url.trim_start_matches("http://").to_string();
+    app.kill9();
+    browser
+        .wait_js(
+            "the page to notice",
+            "document.querySelector('#live').dataset.state === 'reconnecting' && window.states.includes('reconnecting')",
+        )
+        .await;
+    let restarted = TestApp::start(&app.db, &["--bind", &address]).await;
+    browser.wait_js("the stream's end", "window.ended").await;
+    let seen = browser.js("window.seen").await;
+    assert_eq!(
+        seen,
+        json!((0..40).collect::<Vec<_>>()),
+        "every result once, in order"
+    );
+    assert_eq!(browser.js("window.failure ?? null").await, Value::Null);
+    browser
+        .wait_js(
+            "the page to follow the job to its end",
+            "document.querySelector('#job-progress').getAttribute('aria-valuenow') === '100' && \
+             document.querySelector('[data-field=status]')?.innerText === 'completed'",
+        )
+        .await;
+    assert_eq!(restarted.job(&id).await["status"], "completed");
+    browser.screenshot("reconnected").await;
+    // While poold was down the browser logged the failed connections; nothing else.
+    browser
+        .assert_clean(|message| message.contains("net::ERR_"))
+        .await;
     browser.close().await;
 }

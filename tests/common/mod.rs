@@ -34,7 +34,8 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
-    /// Start poold with extra `serve` arguments (2 workers unless they say otherwise).
+    /// Start poold with extra `serve` arguments (2 workers and a free port unless they say
+    /// otherwise).
     pub async fn spawn_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("poold.db");
@@ -54,9 +55,10 @@ impl TestApp {
     pub fn launch(db: &Path, args: &[&str]) -> Self {
         let log = db.with_extension(format!("{}.log", uuid_like()));
         let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--bind", "127.0.0.1:0", "--database"])
-            .arg(db);
+        command.args(["serve", "--database"]).arg(db);
+        if !args.contains(&"--bind") {
+            command.args(["--bind", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--workers") {
             command.args(["--workers", "2"]);
         }
