@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use browser::{Browser, DESKTOP};
 use common::TestApp;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// The browser tests share two CPUs with the servers and workers they test: one at a time.
@@ -536,5 +537,97 @@ async fn event_streams_reconnect_after_poold_restarts_without_a_gap_or_a_duplica
     browser
         .assert_clean(|message| message.contains("net::ERR_"))
         .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_jobs_list_pages_and_filters_ten_thousand_jobs() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = TestApp::spawn().await;
+    let Some(browser) = Browser::start("many-jobs", &app.url).await else {
+        return;
+    };
+    // 10,000 one-item jobs, but every 1,000th one fails fast on its first item (so 10 are
+    // `failed`; a job whose every item has a result would be `completed`).
+    let submitted = Instant::now();
+    let failing: Vec<Value> = std::iter::once(json!("x"))
+        .chain((0..200).map(|i| json!(i)))
+        .collect();
+    let bodies: Vec<Value> = (0..10_000)
+        .map(|i| {
+            if i % 1000 == 999 {
+                json!({"function": "square", "items": failing, "chunksize": 1, "on_error": "fail_fast"})
+            } else {
+                json!({"function": "square", "items": [i]})
+            }
+        })
+        .collect();
+    let ids: Vec<String> = futures::stream::iter(bodies.into_iter().map(|b| app.submit(b)))
+        .buffered(16)
+        .collect()
+        .await;
+    println!("10,000 jobs submitted in {:?}", submitted.elapsed());
+    for failing in ids.iter().skip(999).step_by(1000) {
+        app.wait_job(failing).await;
+    }
+    println!("… and the failing ones ran by {:?}", submitted.elapsed());
+    // Newest first is by id (a UUIDv7 starts with its creation time), not submission order.
+    let mut newest = ids;
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+
+    let opened = Instant::now();
+    browser.goto("/ui/jobs").await;
+    let first_row = "document.querySelector('tbody tr')?.dataset.jobId";
+    browser
+        .wait_js(
+            "the newest jobs",
+            &format!(
+                "document.querySelectorAll('tbody tr').length === 50 && {first_row} === '{}'",
+                newest[0]
+            ),
+        )
+        .await;
+    println!("the first page showed in {:?}", opened.elapsed());
+    browser.click("#older-page").await;
+    browser
+        .wait_js(
+            "the second page",
+            &format!("{first_row} === '{}'", newest[50]),
+        )
+        .await;
+    assert_eq!(browser.text(".pager .muted").await, "51–100");
+    browser.click("#newer-page").await;
+    browser
+        .wait_js(
+            "the first page again",
+            &format!("{first_row} === '{}'", newest[0]),
+        )
+        .await;
+
+    browser.click("a[href='/ui/jobs?status=failed']").await;
+    let statuses = browser
+        .wait_js(
+            "the failed jobs only",
+            "(() => { const rows = [...document.querySelectorAll('tbody tr')]; \
+              return rows.length === 10 ? rows.map(r => r.querySelector('[data-status]').dataset.status) : null; })()",
+        )
+        .await;
+    assert_eq!(statuses, json!(vec!["failed"; 10]));
+    assert_eq!(
+        browser
+            .js("document.querySelector('#older-page').disabled")
+            .await,
+        true
+    );
+    browser.screenshot("failed-filter").await;
+
+    // Only pages were asked for: every list request names a limit of 50.
+    let lists = browser
+        .js("performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/v1/jobs?'))")
+        .await;
+    let lists: Vec<String> = serde_json::from_value(lists).unwrap();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|u| u.contains("limit=50")), "{lists:?}");
+    browser.assert_clean(no_errors).await;
     browser.close().await;
 }
