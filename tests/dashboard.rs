@@ -392,6 +392,31 @@ async fn with_a_token_the_page_asks_for_it_refuses_a_wrong_one_and_shows_data_wi
     }
     let stored = browser.js("sessionStorage.getItem('poold.token')").await;
     assert_eq!(stored, Value::from("s3cret-token"));
+
+    // The NDJSON download sends the token too (a plain link could not): the file arrives.
+    let id = app
+        .submit(json!({"function": "square", "items": [1, 2, 3]}))
+        .await;
+    app.wait_job(&id).await;
+    browser.goto(&format!("/ui/jobs/{id}")).await;
+    let downloads = browser.shots.join("downloads");
+    let _ = std::fs::remove_dir_all(&downloads);
+    browser.allow_downloads(&downloads).await;
+    browser.click("#download-ndjson").await;
+    let file = downloads.join(format!("{id}.ndjson"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no download at {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "{\"index\":0,\"value\":1}\n{\"index\":1,\"value\":4}\n{\"index\":2,\"value\":9}\n"
+    );
     // The two refused requests (no token, then the wrong one) are logged by the browser as
     // failed loads; nothing else may be.
     browser

@@ -247,6 +247,16 @@ impl Browser {
         let _ = self.client.clone().close().await;
     }
 
+    /// Save downloads into `dir` without asking.
+    pub async fn allow_downloads(&self, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("download dir");
+        let params = json!({"behavior": "allow", "downloadPath": dir});
+        self.client
+            .issue_cmd(Cdp("Browser.setDownloadBehavior", params))
+            .await
+            .expect("allow downloads");
+    }
+
     /// Emulate the system's colour scheme (`light` or `dark`) for `prefers-color-scheme`.
     pub async fn color_scheme(&self, scheme: &str) {
         let params = json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]});
