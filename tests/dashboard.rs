@@ -621,6 +621,20 @@ async fn the_jobs_list_pages_and_filters_ten_thousand_jobs() {
         )
         .await;
     assert_eq!(browser.text(".pager .muted").await, "51–100");
+    browser.click("#older-page").await;
+    browser
+        .wait_js(
+            "the third page",
+            &format!("{first_row} === '{}'", newest[100]),
+        )
+        .await;
+    assert_eq!(browser.text(".pager .muted").await, "101–150");
+    // The browser's back button, then the page's Newer: pages 2 and 1.
+    browser.js("history.back()").await;
+    browser
+        .wait_js("page 2 again", &format!("{first_row} === '{}'", newest[50]))
+        .await;
+    assert_eq!(browser.text(".pager .muted").await, "51–100");
     browser.click("#newer-page").await;
     browser
         .wait_js(

@@ -55,8 +55,9 @@ function render() {
     return;
   }
   const ctx = makeContext(root, notice, controller.signal, path.match(route.pattern).slice(1));
+  // A view's mount may be async (the job page loads the job first): its failure shows too.
   try {
-    route.view.mount(ctx);
+    Promise.resolve(route.view.mount(ctx)).catch((e) => ctx.error(e));
   } catch (e) {
     ctx.error(e);
   }

@@ -11,16 +11,21 @@ import {
 const PAGE = 50;
 const STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'];
 
-// Cursors of the pages before this one (for "Newer"), per status filter.
-const trail = { status: null, cursors: [] };
+// The cursors of the pages visited since the newest one (null), for "Newer" and the page's
+// position; kept per status filter, and cut back when the browser goes back.
+const trail = { status: null, cursors: [null] };
 
 export function mount(ctx) {
   const status = STATUSES.includes(ctx.query.get('status')) ? ctx.query.get('status') : null;
   const cursor = ctx.query.get('cursor');
-  if (trail.status !== status || !cursor) {
+  const at = trail.status === status ? trail.cursors.indexOf(cursor) : -1;
+  if (at >= 0) {
+    trail.cursors.length = at + 1;
+  } else {
     trail.status = status;
-    trail.cursors = [];
+    trail.cursors = [cursor]; // a reload deep in the list: its position is not known
   }
+  const position = trail.cursors[0] === null ? (trail.cursors.length - 1) * PAGE : null;
   const href = (s, c) => {
     const q = new URLSearchParams();
     if (s) q.set('status', s);
@@ -52,13 +57,13 @@ export function mount(ctx) {
 
   newer.disabled = !cursor;
   newer.addEventListener('click', () => {
-    const previous = trail.cursors.pop() ?? null;
+    const previous = trail.cursors.length > 1 ? trail.cursors[trail.cursors.length - 2] : null;
     ctx.navigate(href(status, previous));
   });
   let nextCursor = null;
   older.addEventListener('click', () => {
     if (!nextCursor) return;
-    trail.cursors.push(cursor);
+    trail.cursors.push(nextCursor);
     ctx.navigate(href(status, nextCursor));
   });
 
@@ -92,10 +97,9 @@ export function mount(ctx) {
     empty.textContent = status
       ? `No ${status} jobs${cursor ? ' on this page' : ''}.`
       : 'No jobs yet. Submit one with `poold submit` or POST /v1/jobs.';
-    const first = trail.cursors.length * PAGE + 1;
-    where.textContent = page.jobs.length
-      ? `${count(first)}–${count(first + page.jobs.length - 1)}${cursor && !trail.cursors.length ? ' (from a later page)' : ''}`
-      : '';
+    where.textContent = !page.jobs.length ? ''
+      : position === null ? `${page.jobs.length} older jobs`
+        : `${count(position + 1)}–${count(position + page.jobs.length)}`;
   }, 1000);
 }
 
