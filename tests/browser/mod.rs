@@ -30,6 +30,18 @@ pub struct Browser {
     frame: (u32, u32),
 }
 
+/// The screenshots the README shows, one of each page (in `docs/dashboard/`).
+const README_SHOTS: &[&str] = &[
+    "overview",
+    "overview-dark",
+    "phone",
+    "jobs",
+    "job",
+    "job-results",
+    "confirm",
+    "token",
+];
+
 /// The window size of every test but the phone-width check.
 pub const DESKTOP: (u32, u32) = (1280, 800);
 
@@ -201,13 +213,14 @@ impl Browser {
     }
 
     /// Save a PNG of the window as `<name>.png` in this test's directory and print its path.
-    /// With `UPDATE_SCREENSHOTS=1`, also copy it to `docs/dashboard/` (the README's pictures).
+    /// With `UPDATE_SCREENSHOTS=1`, the README's pictures ([`README_SHOTS`]) are also copied
+    /// to `docs/dashboard/`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("screenshot");
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, &png).expect("write screenshot");
         println!("screenshot: {}", path.display());
-        if std::env::var_os("UPDATE_SCREENSHOTS").is_some() && name != "timeout" {
+        if std::env::var_os("UPDATE_SCREENSHOTS").is_some() && README_SHOTS.contains(&name) {
             let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard");
             std::fs::create_dir_all(&docs).expect("docs/dashboard");
             std::fs::write(docs.join(format!("{name}.png")), &png).expect("write docs screenshot");

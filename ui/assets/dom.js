@@ -72,7 +72,8 @@ export function duration(seconds) {
 /** How long ago an RFC 3339 time was, e.g. `5m 02s ago`. */
 export function age(iso, now = Date.now()) {
   if (!iso) return '–';
-  return `${duration(Math.max(0, (now - Date.parse(iso)) / 1000))} ago`;
+  const seconds = (now - Date.parse(iso)) / 1000;
+  return seconds < 1 ? 'just now' : `${duration(seconds)} ago`;
 }
 
 /** A local, readable form of an RFC 3339 time (the raw value goes in the title). */

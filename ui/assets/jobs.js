@@ -42,9 +42,10 @@ export function mount(ctx) {
   const body = h('tbody');
   const table = h('div.table-scroll', {}, h('table.table.jobs', {},
     h('thead', {}, h('tr', {},
-      h('th', {}, 'Job'), h('th', {}, 'Function'), h('th', {}, 'Status'), h('th.progress-col', {}, 'Progress'),
-      h('th.num', {}, 'Done'), h('th.num', {}, 'Failed'), h('th.num', {}, 'Total'),
-      h('th.num.hide-narrow', {}, 'Rate'), h('th.num.hide-narrow', {}, 'ETA'), h('th.num', {}, 'Age'))),
+      h('th', {}, 'Job'), h('th.hide-narrow', {}, 'Function'), h('th', {}, 'Status'),
+      h('th.progress-col', {}, 'Progress'), h('th.num.hide-narrow', {}, 'Done'),
+      h('th.num.hide-narrow', {}, 'Failed'), h('th.num.hide-narrow', {}, 'Total'),
+      h('th.num.hide-narrow', {}, 'Rate'), h('th.num.hide-narrow', {}, 'ETA'), h('th.num.hide-narrow', {}, 'Age'))),
     body));
   const empty = h('p.muted.empty', { hidden: true });
   const newer = h('button.button.small', { type: 'button', id: 'newer-page' }, '‹ Newer');
@@ -104,19 +105,20 @@ export function mount(ctx) {
 }
 
 function jobRow(job) {
+  // On a phone only the id, status and bar show (the bar tells done and failed apart).
   const cells = {
     status: h('td'),
     bar: progressBar(job),
-    done: h('td.num'),
-    failed: h('td.num'),
-    total: h('td.num'),
+    done: h('td.num.hide-narrow'),
+    failed: h('td.num.hide-narrow'),
+    total: h('td.num.hide-narrow'),
     rate: h('td.num.hide-narrow'),
     eta: h('td.num.hide-narrow'),
-    age: h('td.num.muted'),
+    age: h('td.num.muted.hide-narrow'),
   };
   const row = h('tr', { dataset: { jobId: job.id } },
     h('td', {}, link(`/ui/jobs/${job.id}`, h('span.mono', {}, shortId(job.id)))),
-    h('td.function', {}, job.function),
+    h('td.function.hide-narrow', {}, job.function),
     cells.status,
     h('td.progress-col', {}, cells.bar),
     cells.done, cells.failed, cells.total, cells.rate, cells.eta, cells.age);
