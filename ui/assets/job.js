@@ -75,9 +75,9 @@ export async function mount(ctx) {
         h('section.panel', {}, h('div.panel-head', {}, h('h2', {}, 'Throughput'), chartNote), chart.el),
         results.el)));
 
-  const samples = []; // { x: seconds since start, done }
-  const origin = () => Date.parse(job.started_at || job.created_at);
-  let dirty = true;
+  const samples = []; // { x: seconds since the job started (or was created), done }
+  let origin = null; // fixed at the first sample, so that x never jumps
+  let dirty = false; // the results table loads its first page by itself
   let scheduled = false;
   let lastRender = 0;
   let shownStatus = null;
@@ -106,7 +106,7 @@ export async function mount(ctx) {
     drawChart();
     if (!dirty) return;
     dirty = false;
-    results.refresh(job, finished);
+    results.refresh(finished);
   };
   // At most RENDERS_PER_S renders a second, each in an animation frame.
   const schedule = () => {
@@ -146,11 +146,16 @@ export async function mount(ctx) {
     chart.draw(points, { xMin: samples.length ? samples[0].x : 0, xMax: Math.max(xMax, (samples[0]?.x ?? 0) + 1) });
   }
 
-  const sample = (done) => {
-    const x = (Date.now() - origin()) / 1000;
+  const sample = (done, last = false) => {
+    origin ??= Date.parse(job.started_at || job.created_at);
+    const x = (Date.now() - origin) / 1000;
     const lastSample = samples[samples.length - 1];
-    // Keep samples at least half a second apart so that the rate is not noise.
-    if (lastSample && x - lastSample.x < 0.5) return;
+    // Keep samples at least half a second apart so that the rate is not noise; the final one
+    // replaces a sample too close before it.
+    if (lastSample && x - lastSample.x < 0.5) {
+      if (last && samples.length > 1) samples[samples.length - 1] = { x, done };
+      return;
+    }
     samples.push({ x, done });
     if (samples.length > MAX_POINTS) samples.splice(0, samples.length - MAX_POINTS);
   };
@@ -168,7 +173,7 @@ export async function mount(ctx) {
         schedule();
       } else if (event === 'end') {
         job = data;
-        sample(data.done);
+        sample(data.done, true);
         schedule();
       }
     },

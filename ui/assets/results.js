@@ -11,7 +11,7 @@ const VALUE_CHARS = 160;
 
 /**
  * `table = resultsTable(ctx, jobId, {failedOnly, index})`: `index` opens the page holding that
- * item with its row unfolded. `table.refresh(job)` reloads the page when it may have changed.
+ * item with its row unfolded. `table.refresh()` reloads the page when it may have changed.
  */
 export function resultsTable(ctx, jobId, { failedOnly = false, index = null } = {}) {
   const state = {
@@ -144,8 +144,11 @@ export function resultsTable(ctx, jobId, { failedOnly = false, index = null } = 
   load();
   return {
     el,
-    /** The job changed: reload the page if it was not full (new results may belong on it). */
-    refresh(job, force = false) {
+    /**
+     * The job changed: reload the page if it was not full (new results may belong on it), at
+     * most once a second; `force` (the job ended) reloads it now.
+     */
+    refresh(force = false) {
       const partial = !state.page || state.page.results.length < PAGE;
       if (force || (partial && Date.now() - state.lastLoad >= 1000)) load();
     },
