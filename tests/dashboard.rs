@@ -2,7 +2,7 @@
 //! (`tests/browser`) against the real poold binary with real workers (`tests/common`).
 //! Each test ends by checking that the page asked no other host for anything and that the
 //! browser logged no error (a CSP violation is one), and saves screenshots (their paths are
-//! printed; `UPDATE_SCREENSHOTS=1` also copies them to `docs/dashboard/`).
+//! printed; `UPDATE_SCREENSHOTS=1` also copies the README's to `docs/dashboard/`).
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); without them the tests say so and pass,
 //! except under `CI=true`.
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 /// The browser tests share two CPUs with the servers and workers they test: one at a time.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// No error but these is expected in the browser log.
+/// For `assert_clean`: no error is expected in the browser log.
 fn no_errors(_: &str) -> bool {
     false
 }
