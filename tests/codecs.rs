@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestApp, python_sdk_dir, real_python};
+use common::TestApp;
 use serde_json::{Value, json};
 
 /// Base64 pickles (protocol 5), made with
@@ -21,12 +21,7 @@ async fn problem(app: &TestApp, body: Value) -> (u16, Value) {
 
 /// poold with Python workers serving `targets`.
 async fn python_app(targets: &str) -> TestApp {
-    let command = format!("{} -m poold.worker {targets}", real_python());
-    TestApp::spawn_with_env(
-        &["--worker-command", &command],
-        &[("PYTHONPATH", &python_sdk_dir())],
-    )
-    .await
+    common::spawn_sdk_workers(targets, &[]).await
 }
 
 #[tokio::test]

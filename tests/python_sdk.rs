@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::real_python;
+use common::python;
 
 /// The suite takes seconds; this only stops a hung run.
 const LIMIT: Duration = Duration::from_secs(300);
@@ -19,7 +19,7 @@ fn python_sdk_unittests_pass() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("unittest.out");
     let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(real_python())
+    let mut child = Command::new(python())
         .args(["-m", "unittest", "discover", "-s", "python/tests", "-v"])
         .current_dir(root)
         .env("POOLD_BIN", env!("CARGO_BIN_EXE_poold"))

@@ -2,8 +2,9 @@
 //!
 //! Each submodule owns its routes, DTOs and handlers; this file merges their routers, adds
 //! the layers (body limit, tracing), the problem+json fallbacks, `/openapi.json` and `/docs`
-//! (Swagger UI, vendored so it works offline). [`openapi`] builds the spec that
-//! `openapi/openapi.json` must match (see `tests/openapi.rs`).
+//! (Swagger UI, vendored so it works offline) and the web dashboard (`ui.rs`: `/` and
+//! `/ui/...`, not part of the spec). [`openapi`] builds the spec that `openapi/openapi.json`
+//! must match (see `tests/openapi.rs`).
 
 mod auth;
 mod body;
@@ -16,6 +17,7 @@ mod jobs;
 mod pool;
 mod results;
 mod server;
+mod ui;
 mod upload_body;
 
 use std::sync::Arc;
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> axum::Router {
     let body_limit = state.limits.max_body_bytes;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .merge(ui::router())
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

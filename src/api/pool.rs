@@ -40,6 +40,10 @@ pub struct WorkerDto {
     job_id: Option<uuid::Uuid>,
     /// Chunks finished by this slot.
     tasks_completed: u64,
+    /// Items whose outcome this slot's processes returned (values and item errors; not items
+    /// failed by poold for a crash or timeout). Summed over the workers and sampled twice, it
+    /// gives the pool's items per second; it restarts from 0 when poold does.
+    items_completed: u64,
     /// Processes of this slot that exited (crashed, stopped or replaced).
     restarts: u64,
 }
@@ -74,6 +78,7 @@ fn pool_dto(snapshot: PoolSnapshot, accepting: bool) -> PoolDto {
                 },
                 job_id: w.job_id,
                 tasks_completed: w.tasks_completed,
+                items_completed: w.items_completed,
                 restarts: w.restarts,
             })
             .collect(),

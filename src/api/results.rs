@@ -13,7 +13,7 @@ use super::dto::ResultDto;
 use super::error::Query;
 use super::jobs::{parse_id, wait_for_job};
 use super::{ApiError, AppState, Problem};
-use crate::model::JobId;
+use crate::model::{ItemResult, JobId};
 
 const DEFAULT_PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
@@ -33,6 +33,9 @@ pub struct ResultsQuery {
     limit: Option<u32>,
     /// First wait up to this many seconds (at most 300) for the job to finish: `Pool.map`.
     wait: Option<f64>,
+    /// `true`: only the items whose result is an error (still in index order; `offset` and
+    /// `next_offset` are still item indexes). Default false. Applies to NDJSON too.
+    failed: Option<bool>,
 }
 
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -44,6 +47,9 @@ pub struct ResultPage {
 }
 
 /// Results in index order, paged; or every result as NDJSON with `Accept: application/x-ndjson`.
+///
+/// `failed=true` keeps only the item errors (the dashboard's "latest failed items"), with the
+/// same page shape: `next_offset` is the item index after the last one returned.
 #[utoipa::path(get, path = "/v1/jobs/{id}/results", tag = "jobs", params(("id" = String, Path), ResultsQuery), responses(
     (status = 200, body = ResultPage, content_type = "application/json"),
     (status = 200, description = "One ResultDto per line", body = ResultDto, content_type = "application/x-ndjson"),
@@ -75,10 +81,11 @@ async fn list_results(
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/x-ndjson"));
+    let only_failed = query.failed.unwrap_or(false);
     if wants_ndjson {
-        return Ok(ndjson_results(state, id, offset));
+        return Ok(ndjson_results(state, id, offset, only_failed));
     }
-    let results = state.store.results_by_index(id, offset, limit).await?;
+    let results = results_page(&state, id, offset, limit, only_failed).await?;
     let after = results.last().map_or(offset, |r| r.index + 1);
     let more = results.len() == limit as usize || !job.status.is_finished();
     let next_offset = more.then_some(after);
@@ -90,20 +97,33 @@ async fn list_results(
     .into_response())
 }
 
+/// Results with index >= `from`, in index order; with `only_failed`, the item errors only.
+async fn results_page(
+    state: &AppState,
+    id: JobId,
+    from: u64,
+    limit: u32,
+    only_failed: bool,
+) -> Result<Vec<ItemResult>, crate::store::Error> {
+    if only_failed {
+        state.store.failed_results_by_index(id, from, limit).await
+    } else {
+        state.store.results_by_index(id, from, limit).await
+    }
+}
+
 /// Stream every result from `offset` on, a page at a time: memory stays bounded.
-fn ndjson_results(state: AppState, id: JobId, offset: u64) -> Response {
-    let shutdown = state.shutdown.clone();
+fn ndjson_results(state: AppState, id: JobId, offset: u64, only_failed: bool) -> Response {
     let pages = futures::stream::unfold(Some(offset), move |from| {
-        let store = state.store.clone();
-        let shutdown = shutdown.clone();
+        let state = state.clone();
         async move {
             let from = from?;
-            if shutdown.is_cancelled() {
+            if state.shutdown.is_cancelled() {
                 // An error, not an end: the client sees the download cut short, not complete.
                 let cut = std::io::Error::other("poold is shutting down");
                 return Some((Err(cut), None));
             }
-            match store.results_by_index(id, from, DEFAULT_PAGE).await {
+            match results_page(&state, id, from, DEFAULT_PAGE, only_failed).await {
                 Ok(page) if page.is_empty() => None,
                 Ok(page) => {
                     let next = (page.len() == DEFAULT_PAGE as usize)

@@ -110,6 +110,8 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     pub job_id: Option<JobId>,
     pub tasks_completed: u64,
+    /// Items whose outcome a process of this slot returned (values and item errors).
+    pub items_completed: u64,
     pub restarts: u64,
 }
 

@@ -381,6 +381,25 @@ impl Store {
         .await
     }
 
+    /// Like [`Store::results_by_index`], only the items whose result is an error.
+    pub async fn failed_results_by_index(
+        &self,
+        id: JobId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<ItemResult>> {
+        self.results_page(
+            "select json_group_array(json_array(item_index, value, error, log) order by item_index)
+             from (select item_index, value, error, log from results
+                   where job_id = ?1 and item_index >= ?2 and error is not null
+                   order by item_index limit ?3)",
+            id,
+            from,
+            limit,
+        )
+        .await
+    }
+
     /// Results in the order they were recorded: after `cursor` (from the previous page; None
     /// to start from the beginning), skipping the first `skip` of those. Returns the page and
     /// the cursor after its last result (None when the page is empty). Paging goes by the

@@ -40,7 +40,8 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
-    /// Start poold with extra `serve` arguments (2 workers unless they say otherwise).
+    /// Start poold with extra `serve` arguments (2 workers and a free port unless they say
+    /// otherwise).
     pub async fn spawn_with(args: &[&str]) -> Self {
         Self::spawn_with_env(args, &[]).await
     }
@@ -71,9 +72,10 @@ impl TestApp {
     fn launch_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = db.with_extension(format!("{}.log", uuid_like()));
         let mut command = Command::new(bin());
-        command
-            .args(["serve", "--bind", "127.0.0.1:0", "--database"])
-            .arg(db);
+        command.args(["serve", "--database"]).arg(db);
+        if !args.contains(&"--bind") {
+            command.args(["--bind", "127.0.0.1:0"]);
+        }
         if !args.contains(&"--workers") {
             command.args(["--workers", "2"]);
         }
@@ -350,18 +352,13 @@ impl Drop for TestApp {
     }
 }
 
-/// The real interpreter behind `python3`: the pyenv shim costs ~135 ms per start, and
-/// Python workers are started with it.
-pub fn real_python() -> String {
-    let output = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is needed for the Python worker");
-    assert!(output.status.success(), "python3 failed: {output:?}");
-    String::from_utf8(output.stdout)
-        .expect("utf-8 path")
-        .trim()
-        .to_string()
+/// poold whose workers run the Python SDK's worker (`python -m poold.worker TARGETS`, as users
+/// run it), with more `serve` arguments.
+pub async fn spawn_sdk_workers(targets: &str, args: &[&str]) -> TestApp {
+    let command = format!("{} -m poold.worker {targets}", python());
+    let mut all = vec!["--worker-command", &command];
+    all.extend_from_slice(args);
+    TestApp::spawn_with_env(&all, &[("PYTHONPATH", &python_sdk_dir())]).await
 }
 
 /// The SDK's package directory (`python/`), for `PYTHONPATH`.

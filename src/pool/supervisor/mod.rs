@@ -70,6 +70,8 @@ struct Slot {
     process: Option<WorkerProcess>,
     in_flight: VecDeque<InFlight>,
     tasks_completed: u64,
+    /// Items of those chunks (what `GET /v1/pool` reports as `items_completed`).
+    items_completed: u64,
     /// Chunks sent to its current process (for `--max-tasks-per-worker`).
     tasks_sent: u64,
     restarts: u64,
@@ -112,6 +114,7 @@ pub async fn run(
                 process: None,
                 in_flight: VecDeque::new(),
                 tasks_completed: 0,
+                items_completed: 0,
                 tasks_sent: 0,
                 restarts: 0,
                 backoff: MIN_BACKOFF,
@@ -304,7 +307,9 @@ impl Supervisor {
             return self.protocol_failure(index, PooldError::ProtocolError, what);
         }
         let flight = self.take_head(index).expect("checked above");
-        self.slots[index].tasks_completed += 1;
+        let slot = &mut self.slots[index];
+        slot.tasks_completed += 1;
+        slot.items_completed += results.len() as u64;
         let Some(job) = self.queue.landed(flight.job) else {
             return; // the job ended meanwhile
         };
@@ -457,6 +462,7 @@ impl Supervisor {
                 },
                 job_id: slot.in_flight.front().map(|f| f.job),
                 tasks_completed: slot.tasks_completed,
+                items_completed: slot.items_completed,
                 restarts: slot.restarts,
             })
             .collect();
