@@ -19,9 +19,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, ConnectionLimits, Limits};
+use crate::api::{self, AppState, ConnectionLimits};
 use crate::config::ServeArgs;
 use crate::events::EventBus;
+use crate::jobs::{self, JobService};
 use crate::pool::{self, PoolConfig};
 use crate::retention;
 use crate::store::Store;
@@ -47,18 +48,25 @@ pub async fn run(
     };
     tracing::info!(workers = pool_config.size, command = ?pool_config.command, "starting pool");
     let (pool, supervisor) = pool::start(pool_config, store.clone(), shutdown.clone());
-    let state = AppState {
-        store: store.clone(),
-        pool,
-        events,
-        limits: Arc::new(Limits {
-            max_body_bytes: config.max_body_bytes,
+    let jobs = JobService::new(
+        store.clone(),
+        pool.clone(),
+        events.clone(),
+        jobs::Limits {
             max_items_per_job: config.max_items_per_job,
             max_queued_items: config.max_queued_items,
             default_timeout_s: config.task_timeout,
-        }),
+            workers: config.pool_size(),
+        },
+        shutdown.clone(),
+    );
+    let state = AppState {
+        jobs,
+        store: store.clone(),
+        pool,
+        events,
+        max_body_bytes: config.max_body_bytes,
         body_budget: Arc::new(Semaphore::new(config.max_buffered_bytes)),
-        pool_size: config.pool_size(),
         shutdown: shutdown.clone(),
         api_token: config.api_token.as_deref().map(api::token_digest),
     };

@@ -1,13 +1,19 @@
 //! poold: Python's `multiprocessing.Pool` as a network service.
 //!
-//! Dependencies point one way: `main -> app -> {api, pool, store, events}`. `api` is the only
-//! module that knows axum/utoipa, `store` the only one that knows sqlx, `pool` the only one
-//! that spawns processes. `model` holds the domain types they share; `protocol` the worker
-//! protocol shared by `pool` and the built-in `worker`. `cli` is the command-line client: it
-//! depends on none of the others and speaks only HTTP; `healthcheck` is the container probe.
-//! `metrics` names every Prometheus metric (recorded by `pool` and `api`); `retention` deletes
-//! expired jobs through the store; `limits` holds every bound on what poold accepts (checked by
-//! `api` at the door, by `pool` on workers' results and on resume).
+//! Dependencies point one way: `main -> app -> api -> jobs -> {store, pool, events}`. `api` is
+//! the only module that knows axum/utoipa: its handlers translate HTTP into calls on the job
+//! service (`jobs`), which owns the job lifecycle (submit, upload, cancel, delete, wait,
+//! admission) and is the one place that writes a job to the store and then tells the pool;
+//! readers of results (pages, SSE, NDJSON) go to the store directly. `store` is the storage
+//! interface (its backend, `store::sqlite`, the only code that knows sqlx); `pool` the only
+//! module that spawns processes, recording each finished chunk through the store. `model`
+//! holds the domain types they share; `outcomes` a chunk's recorded outcomes (one value or
+//! error per item, validated once and stored as one row); `protocol` the worker protocol
+//! shared by `pool` and the built-in `worker`. `cli` is the command-line client: it depends on
+//! none of the others and speaks only HTTP; `healthcheck` is the container probe. `metrics`
+//! names every Prometheus metric (recorded by `pool` and `api`); `retention` deletes expired
+//! jobs through the store; `limits` holds every bound on what poold accepts (checked by `jobs`
+//! at the door, by `pool` on workers' results and on resume).
 
 pub mod api;
 pub mod app;
@@ -15,9 +21,11 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod healthcheck;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod outcomes;
 pub mod pool;
 pub mod protocol;
 pub mod retention;

@@ -12,8 +12,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::JobStatus;
+use crate::outcomes::ChunkOutcomes;
 use crate::pool::ExitReason;
-use crate::protocol::{ItemOutcome, PooldError};
 
 const ITEMS: &str = "poold_items_total";
 const ITEM_SECONDS: &str = "poold_item_duration_seconds";
@@ -72,22 +72,16 @@ pub fn render() -> String {
 }
 
 /// A chunk's outcomes were handed to the store.
-pub fn items_finished(outcomes: &[ItemOutcome]) {
-    let mut ok = 0;
-    for outcome in outcomes {
-        match &outcome.error {
-            None => ok += 1,
-            Some(e) => {
-                let kind = PooldError::ALL
-                    .iter()
-                    .map(|k| k.as_str())
-                    .find(|k| *k == e.kind)
-                    .unwrap_or("error");
-                counter!(ITEMS, "outcome" => kind).increment(1);
-            }
-        }
+pub fn items_finished(outcomes: &ChunkOutcomes) {
+    let mut other_errors = outcomes.failed;
+    for &(kind, n) in &outcomes.pooled {
+        counter!(ITEMS, "outcome" => kind.as_str()).increment(n);
+        other_errors -= n;
     }
-    counter!(ITEMS, "outcome" => "ok").increment(ok);
+    if other_errors > 0 {
+        counter!(ITEMS, "outcome" => "error").increment(other_errors);
+    }
+    counter!(ITEMS, "outcome" => "ok").increment(outcomes.size - outcomes.failed);
 }
 
 /// A chunk of `items` items ran for `elapsed` on a worker.

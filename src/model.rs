@@ -155,20 +155,9 @@ pub struct Job {
     pub finished_at: Option<OffsetDateTime>,
 }
 
-/// One recorded item outcome. Exactly one of `value` and `error` is set; both are JSON text.
-/// `log` is what the function printed while it ran (bounded), if anything.
-#[derive(Debug)]
-pub struct ItemResult {
-    pub index: u64,
-    pub value: Option<Box<RawValue>>,
-    pub error: Option<Box<RawValue>>,
-    pub log: Option<String>,
-}
-
-/// A slice of a job's items, the unit of dispatch to a worker.
+/// A slice of a job's items, the unit of dispatch to a worker, named by its first item.
 #[derive(Debug, Clone)]
 pub struct Chunk {
-    pub chunk_index: u64,
     pub start_index: u64,
     pub size: u64,
     /// JSON array of the chunk's items.

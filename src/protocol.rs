@@ -50,8 +50,9 @@ pub enum WorkerMessage {
         /// means `["json"]`.
         codecs: Vec<String>,
     },
-    /// The outcome of one task: exactly one entry per item, in item order.
-    Result { id: u64, results: Vec<ItemOutcome> },
+    /// The outcome of one task: exactly one entry per item, in item order, kept as the JSON
+    /// array the worker sent (checked by `crate::outcomes::ChunkOutcomes::from_worker`).
+    Result { id: u64, results: Box<RawValue> },
 }
 
 #[derive(Deserialize)]
@@ -76,7 +77,7 @@ fn json_only() -> Vec<String> {
 #[derive(Deserialize)]
 struct ResultFields {
     id: u64,
-    results: Vec<ItemOutcome>,
+    results: Box<RawValue>,
 }
 
 impl WorkerMessage {
@@ -263,12 +264,6 @@ pub struct Task {
     pub codec: Option<String>,
 }
 
-/// The most log text kept per item; the rest is cut and [`LOG_TRUNCATED`] appended.
-pub const MAX_ITEM_LOG_BYTES: usize = 64 * 1024;
-
-/// Appended to an item log that was cut at [`MAX_ITEM_LOG_BYTES`].
-pub const LOG_TRUNCATED: &str = "\n…[truncated]";
-
 /// One item's outcome: `{"value": …}` or `{"error": {"type","message","traceback"}}`, with
 /// an optional `"log"`: what the function printed while it ran (an extension of version 1
 /// that older workers simply never send).
@@ -347,33 +342,6 @@ impl ItemOutcome {
             value: None,
             error: Some(ItemError::new(kind.as_str(), message)),
             log: None,
-        }
-    }
-
-    /// Replace a value poold cannot store (see `crate::limits`) by an `invalid_result` error.
-    pub fn check_value(&mut self) {
-        let Some(value) = &self.value else { return };
-        if let Err(why) = crate::limits::check_depth("the result", value.get()) {
-            let log = self.log.take();
-            *self = Self::failed(PooldError::InvalidResult, why);
-            self.log = log;
-        }
-    }
-
-    /// Drop an empty log and cut a long one to [`MAX_ITEM_LOG_BYTES`] (on a character
-    /// boundary), marking the cut: a chatty function must not bloat the database.
-    pub fn bound_log(&mut self) {
-        match &mut self.log {
-            Some(log) if log.is_empty() => self.log = None,
-            Some(log) if log.len() > MAX_ITEM_LOG_BYTES => {
-                let mut end = MAX_ITEM_LOG_BYTES;
-                while !log.is_char_boundary(end) {
-                    end -= 1;
-                }
-                log.truncate(end);
-                log.push_str(LOG_TRUNCATED);
-            }
-            _ => {}
         }
     }
 }
@@ -485,35 +453,8 @@ mod tests {
             panic!("not a result")
         };
         assert_eq!(id, 7);
-        assert_eq!(results[0].value.as_ref().unwrap().get(), r#"{"a":[1,2]}"#);
-        assert_eq!(results[1].error.as_ref().unwrap().kind, "ValueError");
-        assert!(results[2].value.is_none() && results[2].error.is_none());
+        assert!(results.get().starts_with(r#"[{"value":{"a":[1,2]}}"#));
         assert!(WorkerMessage::parse(r#"{"type":"nope"}"#).is_err());
-    }
-
-    #[test]
-    fn item_logs_are_optional_and_bounded() {
-        let line = r#"{"type":"result","id":1,"results":[{"value":1,"log":"hi\n"},{"value":2,"log":""},{"value":3}]}"#;
-        let WorkerMessage::Result { mut results, .. } = WorkerMessage::parse(line).unwrap() else {
-            panic!("not a result")
-        };
-        results.iter_mut().for_each(ItemOutcome::bound_log);
-        let logs: Vec<_> = results.iter().map(|r| r.log.as_deref()).collect();
-        assert_eq!(logs, [Some("hi\n"), None, None]);
-
-        // A multi-byte character straddling the limit is not split.
-        let mut long = ItemOutcome::failed(PooldError::Timeout, "m");
-        long.log = Some(format!(
-            "{}é{}",
-            "a".repeat(MAX_ITEM_LOG_BYTES - 1),
-            "b".repeat(10)
-        ));
-        long.bound_log();
-        let log = long.log.unwrap();
-        assert_eq!(
-            log,
-            format!("{}{LOG_TRUNCATED}", "a".repeat(MAX_ITEM_LOG_BYTES - 1))
-        );
     }
 
     #[test]
@@ -539,20 +480,6 @@ mod tests {
             ("task", "pow", 2)
         );
         assert_eq!(task.kwargs.unwrap().get(), r#"{"exp":3}"#);
-    }
-
-    #[test]
-    fn results_nested_too_deep_become_errors() {
-        let deep = format!("{}{}", "[".repeat(500), "]".repeat(500));
-        let mut outcome = ItemOutcome {
-            value: Some(RawValue::from_string(deep).unwrap()),
-            error: None,
-            log: Some("printed".into()),
-        };
-        outcome.check_value();
-        assert!(outcome.value.is_none());
-        assert_eq!(outcome.error.unwrap().kind, "invalid_result");
-        assert_eq!(outcome.log.as_deref(), Some("printed"));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub async fn read_json(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<JsonBody, ApiError> {
-    let limit = state.limits.max_body_bytes;
+    let limit = state.max_body_bytes;
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
             "the request body is larger than the server's limit of {limit} bytes (--max-body-bytes)"

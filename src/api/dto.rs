@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use crate::model::{Codec, ItemResult, Job, JobStatus, OnError};
+use crate::model::{Codec, Job, JobStatus, OnError};
 use crate::store::format_time;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -194,17 +194,6 @@ impl From<Job> for JobDto {
             started_at: job.started_at.map(format_time),
             finished_at: job.finished_at.map(format_time),
             error: job.error,
-        }
-    }
-}
-
-impl From<ItemResult> for ResultDto {
-    fn from(result: ItemResult) -> Self {
-        ResultDto {
-            index: result.index,
-            value: result.value,
-            error: result.error,
-            log: result.log,
         }
     }
 }

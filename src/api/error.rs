@@ -139,6 +139,28 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the job service says, as a problem.
+impl From<crate::jobs::Error> for ApiError {
+    fn from(error: crate::jobs::Error) -> Self {
+        use crate::jobs::Error as E;
+        match error {
+            E::Invalid(detail) => ApiError::InvalidRequest(detail),
+            E::TooLarge(detail) => ApiError::PayloadTooLarge(detail),
+            E::UnknownFunction(name) => ApiError::UnknownFunction(name),
+            E::UnsupportedCodec(codec) => ApiError::UnsupportedCodec(codec),
+            E::IdempotencyKeyReused(id) => ApiError::IdempotencyKeyReused(id),
+            E::NotFound(id) => ApiError::JobNotFound(id),
+            E::NotFinished(id) => ApiError::JobNotFinished(id),
+            E::TooManyQueued(detail) => ApiError::TooManyQueued(detail),
+            E::PoolClosed => ApiError::PoolClosed,
+            E::ShuttingDown => ApiError::ShuttingDown,
+            E::NotReady(detail) => ApiError::NotReady(detail),
+            E::Store(e) => ApiError::Store(e),
+            E::Pool(e) => ApiError::Pool(e),
+        }
+    }
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         match rejection.status() {

@@ -28,15 +28,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::dto::{ItemLogDto, JobDto, ResultDto};
+use super::dto::{ItemLogDto, JobDto};
 use super::error::Query;
 use super::jobs::{load_job, parse_id};
 use super::{ApiError, AppState, Problem};
 use crate::model::{Job, JobId};
+use crate::outcomes;
+use crate::store::CompletionCursor;
 
 /// At most this often a progress event, plus one when the job ends.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-const PAGE: u32 = 1000;
+const PAGE: usize = 1000;
 /// A comment this long after the last write keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Frames queued between the stream's task and the connection.
@@ -143,7 +145,7 @@ async fn stream_job_events(
         order: query.order.unwrap_or_default(),
         results: query.results.unwrap_or(true),
         next: last_event_id.or(query.after).map_or(0, |k| k + 1),
-        cursor: None,
+        cursor: CompletionCursor::at(last_event_id.or(query.after).map_or(0, |k| k + 1)),
     };
     let (tx, rx) = mpsc::channel(FRAMES_QUEUED);
     tokio::spawn(async move {
@@ -178,9 +180,8 @@ struct StreamOptions {
     results: bool,
     /// Index order: the next item index to send. Completion order: how many were sent.
     next: u64,
-    /// Completion order: where the store's record order stands after the last result sent
-    /// (None before the first page, which skips `next` results once).
-    cursor: Option<u64>,
+    /// Completion order: where the store's record order stands after the last result sent.
+    cursor: CompletionCursor,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,16 +205,24 @@ struct Frames {
 impl Frames {
     /// Append one event (`data` is JSON, so it has no line breaks); send the frame if it is big.
     async fn event(&mut self, name: &str, id: Option<u64>, data: &str) -> Result<(), StreamError> {
-        use std::fmt::Write;
-        let _ = writeln!(self.buf, "event: {name}");
-        if let Some(id) = id {
-            let _ = writeln!(self.buf, "id: {id}");
-        }
-        let _ = write!(self.buf, "data: {data}\n\n");
+        self.push_event(name, id, data);
         if self.buf.len() >= FRAME_BYTES {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Append one event without sending anything (the caller flushes).
+    fn push_event(&mut self, name: &str, id: Option<u64>, data: &str) {
+        use std::fmt::Write;
+        self.buf.push_str("event: ");
+        self.buf.push_str(name);
+        if let Some(id) = id {
+            let _ = write!(self.buf, "\nid: {id}");
+        }
+        self.buf.push_str("\ndata: ");
+        self.buf.push_str(data);
+        self.buf.push_str("\n\n");
     }
 
     /// Send what was written as one frame.
@@ -243,7 +252,7 @@ async fn pump(
     loop {
         let finished = job.status.is_finished();
         if options.results {
-            send_results(state, id, finished, &mut options, out).await?;
+            send_results(state, &job, &mut options, out).await?;
         }
         let counts = (job.done, job.failed);
         let progress_due = last_progress_at.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
@@ -283,50 +292,50 @@ async fn pump(
 /// index unless the job is finished (then the gaps are permanent).
 async fn send_results(
     state: &AppState,
-    id: JobId,
-    finished: bool,
+    job: &Job,
     options: &mut StreamOptions,
     out: &mut Frames,
 ) -> Result<(), StreamError> {
+    let finished = job.status.is_finished();
     loop {
         let page = match options.order {
-            Order::Index => state.store.results_by_index(id, options.next, PAGE).await?,
-            Order::Completion => {
-                let skip = if options.cursor.is_none() {
-                    options.next
-                } else {
-                    0
-                };
-                let (page, cursor) = state
+            Order::Index => {
+                state
                     .store
-                    .results_by_completion(id, options.cursor, skip, PAGE)
-                    .await?;
-                options.cursor = cursor.or(options.cursor);
-                page
+                    .results_by_index(job, options.next, PAGE, false)
+                    .await?
+            }
+            Order::Completion => {
+                state
+                    .store
+                    .results_by_completion(job, &mut options.cursor, PAGE)
+                    .await?
             }
         };
-        let full = page.len() == PAGE as usize;
-        for result in page {
-            let event_id = match options.order {
-                Order::Index if result.index != options.next && !finished => return Ok(()),
-                Order::Index => result.index,
-                Order::Completion => options.next,
-            };
+        let mut gap = false;
+        let mut line = String::new();
+        let read = page.for_each(|event_id, index, outcome| {
+            if gap || (options.order == Order::Index && index != options.next && !finished) {
+                gap = true;
+                return;
+            }
             options.next = event_id + 1;
             // The log goes first and has no id: resuming after a result never repeats its
             // log, and resuming before it repeats both.
-            if let Some(log) = &result.log {
+            if let Some(log) = outcome.log() {
                 let data = ItemLogDto {
-                    index: result.index,
-                    log: log.clone(),
+                    index,
+                    log: log.to_string(),
                 };
                 let data = serde_json::to_string(&data).expect("log serializes");
-                out.event("log", None, &data).await?;
+                out.push_event("log", None, &data);
             }
-            let data = serde_json::to_string(&ResultDto::from(result)).expect("result serializes");
-            out.event("result", Some(event_id), &data).await?;
-        }
-        if !full {
+            line.clear();
+            outcomes::write_result(&mut line, index, outcome);
+            out.push_event("result", Some(event_id), &line);
+        })?;
+        out.flush().await?;
+        if gap || read < PAGE {
             return Ok(());
         }
     }

@@ -8,6 +8,7 @@
 
 mod auth;
 mod body;
+mod create;
 mod dto;
 mod error;
 mod events;
@@ -36,31 +37,23 @@ pub use error::{ApiError, Problem};
 pub use server::{ConnectionLimits, serve};
 
 use crate::events::EventBus;
+use crate::jobs::JobService;
 use crate::pool::PoolHandle;
 use crate::store::Store;
-
-/// Limits on what a request may ask for.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_items_per_job: usize,
-    /// Items queued or running across all jobs beyond which new jobs get 429.
-    pub max_queued_items: u64,
-    /// `timeout_s` for jobs that set none.
-    pub default_timeout_s: Option<f64>,
-}
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
+    /// The job lifecycle: every write of a job goes through it.
+    pub jobs: JobService,
+    /// For the readers (results, event streams, lists).
     pub store: Store,
     pub pool: PoolHandle,
     pub events: EventBus,
-    pub limits: Arc<Limits>,
+    /// Largest request body (for NDJSON: line), `--max-body-bytes`.
+    pub max_body_bytes: usize,
     /// One permit per byte of JSON request bodies held in memory (`--max-buffered-bytes`).
     pub body_budget: Arc<tokio::sync::Semaphore>,
-    /// Workers in the pool (for the automatic chunksize).
-    pub pool_size: usize,
     /// Cancelled when poold shuts down: long-polls and streams end.
     pub shutdown: CancellationToken,
     /// SHA-256 of the bearer token required on `/v1/*`, when one is set.
@@ -106,7 +99,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState) -> axum::Router {
     let (router, spec) = routes();
-    let body_limit = state.limits.max_body_bytes;
+    let body_limit = state.max_body_bytes;
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .merge(ui::router())

@@ -13,10 +13,13 @@ use super::dto::ResultDto;
 use super::error::Query;
 use super::jobs::{parse_id, wait_for_job};
 use super::{ApiError, AppState, Problem};
-use crate::model::{ItemResult, JobId};
+use crate::model::Job;
+use crate::outcomes;
 
 const DEFAULT_PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
+/// Results read from the store per piece of an NDJSON download.
+const NDJSON_PAGE: usize = 5000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_results))
@@ -83,39 +86,35 @@ async fn list_results(
         .is_some_and(|a| a.contains("application/x-ndjson"));
     let only_failed = query.failed.unwrap_or(false);
     if wants_ndjson {
-        return Ok(ndjson_results(state, id, offset, only_failed));
+        return Ok(ndjson_results(state, job, offset, only_failed));
     }
-    let results = results_page(&state, id, offset, limit, only_failed).await?;
-    let after = results.last().map_or(offset, |r| r.index + 1);
-    let more = results.len() == limit as usize || !job.status.is_finished();
-    let next_offset = more.then_some(after);
-    let results = results.into_iter().map(ResultDto::from).collect();
-    Ok(axum::Json(ResultPage {
-        results,
-        next_offset,
-    })
-    .into_response())
-}
-
-/// Results with index >= `from`, in index order; with `only_failed`, the item errors only.
-async fn results_page(
-    state: &AppState,
-    id: JobId,
-    from: u64,
-    limit: u32,
-    only_failed: bool,
-) -> Result<Vec<ItemResult>, crate::store::Error> {
-    if only_failed {
-        state.store.failed_results_by_index(id, from, limit).await
-    } else {
-        state.store.results_by_index(id, from, limit).await
+    let page = state
+        .store
+        .results_by_index(&job, offset, limit as usize, only_failed)
+        .await?;
+    // The page is written as text straight from the stored outcomes (a `ResultPage`).
+    let mut body = String::from("{\"results\":[");
+    let mut after = offset;
+    let count = page.for_each(|_, index, outcome| {
+        if after > offset {
+            body.push(',');
+        }
+        outcomes::write_result(&mut body, index, outcome);
+        after = index + 1;
+    })?;
+    let more = count == limit as usize || !job.status.is_finished();
+    match more {
+        true => body.push_str(&format!("],\"next_offset\":{after}}}")),
+        false => body.push_str("],\"next_offset\":null}"),
     }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Stream every result from `offset` on, a page at a time: memory stays bounded.
-fn ndjson_results(state: AppState, id: JobId, offset: u64, only_failed: bool) -> Response {
+fn ndjson_results(state: AppState, job: Job, offset: u64, only_failed: bool) -> Response {
     let pages = futures::stream::unfold(Some(offset), move |from| {
         let state = state.clone();
+        let job = job.clone();
         async move {
             let from = from?;
             if state.shutdown.is_cancelled() {
@@ -123,24 +122,28 @@ fn ndjson_results(state: AppState, id: JobId, offset: u64, only_failed: bool) ->
                 let cut = std::io::Error::other("poold is shutting down");
                 return Some((Err(cut), None));
             }
-            match results_page(&state, id, from, DEFAULT_PAGE, only_failed).await {
-                Ok(page) if page.is_empty() => None,
-                Ok(page) => {
-                    let next = (page.len() == DEFAULT_PAGE as usize)
-                        .then(|| page.last().map(|r| r.index + 1))
-                        .flatten();
-                    let mut body = String::new();
-                    for result in page {
-                        body.push_str(
-                            &serde_json::to_string(&ResultDto::from(result))
-                                .expect("result serializes"),
-                        );
-                        body.push('\n');
-                    }
-                    Some((Ok(body), next))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            let page = match state
+                .store
+                .results_by_index(&job, from, NDJSON_PAGE, only_failed)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+            };
+            let mut body = String::new();
+            let mut next = from;
+            let count = match page.for_each(|_, index, outcome| {
+                outcomes::write_result(&mut body, index, outcome);
+                body.push('\n');
+                next = index + 1;
+            }) {
+                Ok(count) => count,
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+            };
+            if count == 0 {
+                return None;
             }
+            Some((Ok(body), (count == NDJSON_PAGE).then_some(next)))
         }
     });
     let body = axum::body::Body::from_stream(pages);

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use process::WorkerCommand;
 
-use crate::model::{Codec, Job, JobId};
+use crate::model::{Chunk, Codec, Job, JobId};
 use crate::protocol::FunctionInfo;
 use crate::store::Store;
 
@@ -144,7 +144,7 @@ impl WorkerOffer {
 }
 
 enum Command {
-    ChunksStored(Box<Job>, u64),
+    ChunksStored(Box<Job>, u64, Option<Vec<Chunk>>),
     JobEnded(JobId),
     Snapshot(oneshot::Sender<PoolSnapshot>),
 }
@@ -181,12 +181,19 @@ pub fn start(
 }
 
 impl PoolHandle {
-    /// `chunks` more chunks of `job` were committed to the store (all of a new job's, or the
-    /// next batch of an upload): schedule them. While `job.ingesting`, the job stays scheduled
-    /// between batches; the call for an upload's last batch (even of no chunk) clears it.
-    pub async fn chunks_stored(&self, job: &Job, chunks: u64) -> Result<(), Error> {
+    /// `count` more chunks of `job` were committed to the store (all of a new job's, or the
+    /// next batch of an upload): schedule them. `chunks`, when given, are those chunks (a
+    /// small job's, handed over so that they run without a read). While `job.ingesting`, the
+    /// job stays scheduled between batches; the call for an upload's last batch (even of no
+    /// chunk) clears it.
+    pub async fn chunks_stored(
+        &self,
+        job: &Job,
+        count: u64,
+        chunks: Option<Vec<Chunk>>,
+    ) -> Result<(), Error> {
         self.commands
-            .send(Command::ChunksStored(Box::new(job.clone()), chunks))
+            .send(Command::ChunksStored(Box::new(job.clone()), count, chunks))
             .await
             .map_err(|_| Error::Stopped)
     }

@@ -22,8 +22,19 @@ const WINDOW_ITEMS: u32 = 4096;
 pub struct Pending {
     pub chunk: Chunk,
     pub attempts: u32,
-    /// One item of a chunk that was split (see `supervisor::outcomes`).
-    pub piece: bool,
+    /// One item of a chunk that was split (see `supervisor::outcomes`): that chunk's start.
+    pub piece_of: Option<u64>,
+}
+
+impl Pending {
+    /// A chunk to run for the first time.
+    pub fn new(chunk: Chunk) -> Self {
+        Self {
+            chunk,
+            attempts: 0,
+            piece_of: None,
+        }
+    }
 }
 
 pub struct ActiveJob {
@@ -64,15 +75,32 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Schedule `unfetched` more queued chunks of a job: a new one, one resumed on start, or
-    /// one whose upload stored another batch or ended (`job.ingesting` says which). A count
-    /// that turns out too high costs one empty fetch.
-    pub fn add(&mut self, job: &Job, unfetched: u64) {
+    /// Schedule `count` more queued chunks of a job: a new one, one resumed on start, or one
+    /// whose upload stored another batch or ended (`job.ingesting` says which). `chunks` are
+    /// those chunks when the job service handed them over (a small new job): they run without
+    /// a read. A count that turns out too high costs one empty fetch.
+    pub fn add(&mut self, job: &Job, count: u64, chunks: Option<Vec<Chunk>>) {
+        let (ready, unfetched) = match chunks {
+            Some(chunks) => {
+                let last = chunks.last().map(|c| c.start_index);
+                let fetched = chunks.len() as u64;
+                (Some((chunks, last)), count.saturating_sub(fetched))
+            }
+            None => (None, count),
+        };
         if let Some(active) = self.get_mut(job.id) {
             active.unfetched += unfetched;
             active.open = job.ingesting;
+            if let Some((chunks, last)) = ready {
+                active.ready.extend(chunks.into_iter().map(Pending::new));
+                active.last_fetched = last.or(active.last_fetched);
+            }
             return;
         }
+        let (ready, last_fetched) = match ready {
+            Some((chunks, last)) => (chunks.into_iter().map(Pending::new).collect(), last),
+            None => (VecDeque::new(), None),
+        };
         self.jobs.push(ActiveJob {
             id: job.id,
             spec: job.spec.clone(),
@@ -81,8 +109,8 @@ impl Queue {
             in_flight: 0,
             chunk_secs: None,
             span: tracing::info_span!("job", job.id = %job.id, function = %job.spec.function),
-            ready: VecDeque::new(),
-            last_fetched: None,
+            ready,
+            last_fetched,
             unfetched,
             dispatched: 0,
         });
@@ -167,12 +195,8 @@ impl Queue {
                             job.unfetched.saturating_sub(fetched).max(1)
                         };
                         job.last_fetched =
-                            chunks.last().map(|c| c.chunk_index).or(job.last_fetched);
-                        job.ready.extend(chunks.into_iter().map(|chunk| Pending {
-                            chunk,
-                            attempts: 0,
-                            piece: false,
-                        }));
+                            chunks.last().map(|c| c.start_index).or(job.last_fetched);
+                        job.ready.extend(chunks.into_iter().map(Pending::new));
                     }
                     Err(e) => {
                         tracing::error!(job.id = %job.id, error = %e, "could not fetch chunks; will retry");

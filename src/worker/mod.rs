@@ -44,15 +44,17 @@ pub fn run() -> anyhow::Result<()> {
             }
         };
         let results = run_task(&task);
-        write_line(
-            &mut out,
-            &WorkerMessage::Result {
-                id: task.id,
-                results,
-            },
-        )?;
+        write_result(&mut out, task.id, &results)?;
     }
     Ok(())
+}
+
+/// A `result` message, written straight from the outcomes.
+fn write_result(out: &mut impl Write, id: u64, results: &[ItemOutcome]) -> io::Result<()> {
+    write!(out, "{{\"type\":\"result\",\"id\":{id},\"results\":")?;
+    serde_json::to_writer(&mut *out, results)?;
+    out.write_all(b"}\n")?;
+    out.flush()
 }
 
 fn write_line(out: &mut impl Write, message: &WorkerMessage) -> io::Result<()> {

@@ -199,7 +199,7 @@ impl Supervisor {
         let _span = job.span.clone().entered();
         flight.pending.attempts += 1;
         if flight.pending.attempts < job.spec.max_attempts {
-            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, attempts = flight.pending.attempts, "retrying chunk");
+            tracing::info!(job.id = %flight.job, chunk = flight.pending.chunk.start_index, attempts = flight.pending.attempts, "retrying chunk");
             self.queue.requeue(flight.job, flight.pending);
             return;
         }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,8 @@ use super::process::{Event, WorkerProcess};
 use super::queue::{Pending, Queue};
 use super::{Command, ExitReason, PoolConfig, PoolSnapshot, WorkerInfo, WorkerOffer, WorkerState};
 use crate::model::{Codec, JobId, JobStatus};
-use crate::protocol::{ItemOutcome, PooldError, PooldMessage, WorkerMessage};
+use crate::outcomes::ChunkOutcomes;
+use crate::protocol::{PooldError, PooldMessage, WorkerMessage};
 use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
@@ -213,7 +215,7 @@ impl Supervisor {
             match self.store.count_queued_chunks(job.id).await {
                 Ok(queued) => {
                     tracing::info!(job.id = %job.id, queued_chunks = queued, "resuming job");
-                    self.queue.add(&job, queued);
+                    self.queue.add(&job, queued, None);
                 }
                 Err(e) => tracing::error!(job.id = %job.id, error = %e, "could not resume job"),
             }
@@ -226,9 +228,9 @@ impl Supervisor {
 
     async fn handle_command(&mut self, command: Command) {
         match command {
-            Command::ChunksStored(job, chunks) => {
+            Command::ChunksStored(job, count, chunks) => {
                 if !job.status.is_finished() {
-                    self.queue.add(&job, chunks);
+                    self.queue.add(&job, count, chunks);
                     self.queue.retire_if_done(job.id); // an upload that ended with no new chunk
                 }
             }
@@ -286,7 +288,7 @@ impl Supervisor {
         }
     }
 
-    fn on_result(&mut self, index: usize, task_id: u64, results: Vec<ItemOutcome>) {
+    fn on_result(&mut self, index: usize, task_id: u64, results: Box<RawValue>) {
         let slot = &mut self.slots[index];
         let Some(flight) = slot.in_flight.front() else {
             tracing::error!(
@@ -296,20 +298,25 @@ impl Supervisor {
             );
             return self.stop_slot(index, ExitReason::Protocol);
         };
-        if flight.task_id != task_id || results.len() as u64 != flight.pending.chunk.size {
+        if flight.task_id != task_id {
             let what = format!(
-                "the worker answered task {task_id} with {} results while it was running \
-                 task {} of {} items",
-                results.len(),
-                flight.task_id,
-                flight.pending.chunk.size
+                "the worker answered task {task_id} while it was running task {}",
+                flight.task_id
             );
             return self.protocol_failure(index, PooldError::ProtocolError, what);
         }
+        let outcomes = match ChunkOutcomes::from_worker(&results, flight.pending.chunk.size) {
+            Ok(outcomes) => outcomes,
+            Err(why) => {
+                let what = format!("the worker's answer to task {task_id} is not valid: {why}");
+                return self.protocol_failure(index, PooldError::ProtocolError, what);
+            }
+        };
+        drop(results);
         let flight = self.take_head(index).expect("checked above");
         let slot = &mut self.slots[index];
         slot.tasks_completed += 1;
-        slot.items_completed += results.len() as u64;
+        slot.items_completed += outcomes.size;
         let Some(job) = self.queue.landed(flight.job) else {
             return; // the job ended meanwhile
         };
@@ -319,7 +326,7 @@ impl Supervisor {
             let secs = took.as_secs_f64();
             job.chunk_secs = Some(job.chunk_secs.map_or(secs, |avg| 0.8 * avg + 0.2 * secs));
         }
-        self.chunk_done(flight.job, flight.pending, results);
+        self.chunk_done(flight.job, flight.pending, outcomes);
         self.recycle_if_spent(index);
     }
 

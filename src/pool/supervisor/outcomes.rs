@@ -4,70 +4,61 @@
 //! `fail_fast`). A chunk whose worker ran past its time budget, or kept dying on it, is split
 //! into single-item *pieces* that run on their own, so that only the guilty item fails
 //! (`timeout`, `worker_exited`) while the others complete. Pieces are assembled here and
-//! recorded as the original chunk, so a chunk is still recorded exactly once. Item logs (what
-//! a function printed) are bounded here, before they reach the store.
+//! recorded as the original chunk, so a chunk is still recorded exactly once. A worker's
+//! outcomes were checked (and bounded) on arrival (`crate::outcomes`).
 
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::Supervisor;
-use crate::model::{Chunk, JobId, JobStatus, OnError};
+use crate::model::{Chunk, JobId, OnError};
+use crate::outcomes::ChunkOutcomes;
 use crate::pool::ExitReason;
 use crate::pool::queue::Pending;
-use crate::protocol::{ItemOutcome, PooldError};
+use crate::protocol::PooldError;
+use crate::store::ChunkRecord;
 
 /// A chunk whose pieces are running: the outcomes gathered so far, by item.
 pub(super) struct Split {
     parent: Chunk,
-    outcomes: Vec<Option<ItemOutcome>>,
+    outcomes: Vec<Option<ChunkOutcomes>>,
 }
 
 impl Supervisor {
     /// A chunk or piece finished (the caller already took it out of flight): record it,
-    /// assembling pieces, and apply `fail_fast`.
-    pub(super) fn chunk_done(
-        &mut self,
-        job_id: JobId,
-        pending: Pending,
-        mut outcomes: Vec<ItemOutcome>,
-    ) {
+    /// assembling pieces, and apply `fail_fast` (in the same write as the record).
+    pub(super) fn chunk_done(&mut self, job_id: JobId, pending: Pending, outcomes: ChunkOutcomes) {
         let Some(job) = self.queue.get_mut(job_id) else {
             return;
         };
         let _span = job.span.clone().entered();
-        for outcome in &mut outcomes {
-            outcome.bound_log();
-            outcome.check_value();
-        }
         let fail_fast = job.spec.on_error == OnError::FailFast;
-        let first_error = outcomes.iter().position(|o| o.error.is_some()).map(|i| {
-            let error = outcomes[i].error.as_ref().expect("position found an error");
-            (
-                pending.chunk.start_index + i as u64,
-                format!("{}: {}", error.kind, error.message),
-            )
-        });
-        let whole = if pending.piece {
-            self.add_piece(job_id, &pending.chunk, outcomes)
-        } else {
-            Some((pending.chunk, outcomes))
+        let whole = match pending.piece_of {
+            Some(parent) => self.add_piece(job_id, parent, &pending.chunk, outcomes),
+            None => Some((pending.chunk, outcomes)),
         };
-        if let Some((chunk, outcomes)) = whole {
-            crate::metrics::items_finished(&outcomes);
-            let failed = outcomes.iter().filter(|o| o.error.is_some()).count() as u64;
-            let outcomes = serde_json::to_string(&outcomes).expect("outcomes serialize");
-            self.store.record_chunk(job_id, &chunk, outcomes, failed);
-        }
-        match first_error {
-            Some((index, error)) if fail_fast => {
-                let message = format!("item {index} failed ({error}); on_error is fail_fast");
-                self.store
-                    .finish_job_later(job_id, JobStatus::Failed, Some(message));
-                self.drop_job(job_id);
-            }
-            _ => {
-                self.queue.retire_if_done(job_id);
-            }
+        let Some((chunk, outcomes)) = whole else {
+            return;
+        };
+        crate::metrics::items_finished(&outcomes);
+        let fail_job = match &outcomes.first_error {
+            Some((at, error)) if fail_fast => Some(format!(
+                "item {} failed ({error}); on_error is fail_fast",
+                chunk.start_index + at
+            )),
+            _ => None,
+        };
+        let failing = fail_job.is_some();
+        self.store.record_chunk(ChunkRecord {
+            id: job_id,
+            start: chunk.start_index,
+            outcomes,
+            fail_job,
+        });
+        if failing {
+            self.drop_job(job_id);
+        } else {
+            self.queue.retire_if_done(job_id);
         }
     }
 
@@ -75,36 +66,30 @@ impl Supervisor {
     fn add_piece(
         &mut self,
         job_id: JobId,
+        parent: u64,
         piece: &Chunk,
-        outcomes: Vec<ItemOutcome>,
-    ) -> Option<(Chunk, Vec<ItemOutcome>)> {
-        let key = (job_id, piece.chunk_index);
+        outcomes: ChunkOutcomes,
+    ) -> Option<(Chunk, ChunkOutcomes)> {
+        let key = (job_id, parent);
         let split = self.splits.get_mut(&key)?;
-        let at = (piece.start_index - split.parent.start_index) as usize;
-        split.outcomes[at] = outcomes.into_iter().next();
+        let at = (piece.start_index - parent) as usize;
+        split.outcomes[at] = Some(outcomes);
         if split.outcomes.iter().any(Option::is_none) {
             return None;
         }
         let split = self.splits.remove(&key).expect("present above");
-        Some((
-            split.parent,
-            split
-                .outcomes
-                .into_iter()
-                .map(|o| o.expect("all present"))
-                .collect(),
-        ))
+        let pieces: Vec<ChunkOutcomes> = split.outcomes.into_iter().flatten().collect();
+        Some((split.parent, ChunkOutcomes::join(&pieces)))
     }
 
     /// Run each item of a chunk on its own (the caller already took it out of flight).
     pub(super) fn split(&mut self, job_id: JobId, chunk: Chunk) {
-        let items: Vec<Box<RawValue>> =
-            serde_json::from_str(chunk.items.get()).expect("a stored chunk is a JSON array");
-        tracing::info!(job.id = %job_id, chunk = chunk.chunk_index, items = items.len(), "splitting chunk to isolate a bad item");
+        let items: Vec<&RawValue> =
+            serde_json::from_str(chunk.items.get()).expect("a chunk's items are a JSON array");
+        tracing::info!(job.id = %job_id, chunk = chunk.start_index, items = items.len(), "splitting chunk to isolate a bad item");
         // Requeueing puts each piece at the front: go backwards to keep item order.
         for (i, item) in items.iter().enumerate().rev() {
             let piece = Chunk {
-                chunk_index: chunk.chunk_index,
                 start_index: chunk.start_index + i as u64,
                 size: 1,
                 items: RawValue::from_string(format!("[{}]", item.get()))
@@ -115,13 +100,14 @@ impl Supervisor {
                 Pending {
                     chunk: piece,
                     attempts: 0,
-                    piece: true,
+                    piece_of: Some(chunk.start_index),
                 },
             );
         }
-        let outcomes = vec![None; items.len()];
+        let outcomes = (0..items.len()).map(|_| None).collect();
+        drop(items);
         self.splits.insert(
-            (job_id, chunk.chunk_index),
+            (job_id, chunk.start_index),
             Split {
                 parent: chunk,
                 outcomes,
@@ -141,8 +127,8 @@ impl Supervisor {
         if pending.chunk.size > 1 {
             self.split(job_id, pending.chunk);
         } else {
-            let outcome = ItemOutcome::failed(kind, message);
-            self.chunk_done(job_id, pending, vec![outcome]);
+            let outcomes = ChunkOutcomes::all_failed(1, kind, &message);
+            self.chunk_done(job_id, pending, outcomes);
         }
     }
 
@@ -172,7 +158,7 @@ impl Supervisor {
                 continue;
             };
             let limit = job.spec.timeout_s.unwrap_or_default();
-            tracing::warn!(worker = index, job.id = %flight.job, chunk = flight.pending.chunk.chunk_index, timeout_s = limit, "chunk ran past its time limit; stopping its worker");
+            tracing::warn!(worker = index, job.id = %flight.job, chunk = flight.pending.chunk.start_index, timeout_s = limit, "chunk ran past its time limit; stopping its worker");
             let message = format!(
                 "the item ran longer than its limit of {limit} s (timeout_s); its worker was stopped"
             );

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Error;
-use crate::model::{Chunk, ItemResult, Job, JobSpec};
+use crate::model::{Job, JobSpec};
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -30,26 +30,8 @@ pub struct JobRow {
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    request_hash: Option<String>,
 }
-
-#[derive(sqlx::FromRow)]
-pub struct ChunkRow {
-    chunk_index: i64,
-    start_index: i64,
-    size: i64,
-    items: String,
-}
-
-/// One element of a results page: `[index, value, error, log]` (see `Store::results_page`),
-/// and in completion order the record's position.
-#[derive(serde::Deserialize)]
-pub struct ResultRow(
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    #[serde(default)] pub Option<i64>,
-);
 
 fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Corrupt(what.to_string())
@@ -68,6 +50,11 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, Error> {
 }
 
 impl JobRow {
+    /// The hash of the request that created the job, when it had an `Idempotency-Key`.
+    pub fn request_hash(&self) -> Option<&str> {
+        self.request_hash.as_deref()
+    }
+
     /// The job's id, if it is readable.
     pub fn id(&self) -> Option<crate::model::JobId> {
         self.id.parse().ok()
@@ -101,31 +88,6 @@ impl TryFrom<JobRow> for Job {
             created_at: parse_time(&row.created_at)?,
             started_at: row.started_at.as_deref().map(parse_time).transpose()?,
             finished_at: row.finished_at.as_deref().map(parse_time).transpose()?,
-        })
-    }
-}
-
-impl TryFrom<ChunkRow> for Chunk {
-    type Error = Error;
-    fn try_from(row: ChunkRow) -> Result<Self, Error> {
-        Ok(Chunk {
-            chunk_index: row.chunk_index as u64,
-            start_index: row.start_index as u64,
-            size: row.size as u64,
-            items: json(row.items)?,
-        })
-    }
-}
-
-impl TryFrom<ResultRow> for ItemResult {
-    type Error = Error;
-    fn try_from(row: ResultRow) -> Result<Self, Error> {
-        let ResultRow(index, value, error, log, _) = row;
-        Ok(ItemResult {
-            index: index as u64,
-            value: value.map(json).transpose()?,
-            error: error.map(json).transpose()?,
-            log,
         })
     }
 }

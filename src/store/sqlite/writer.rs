@@ -29,9 +29,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{CommitHook, Error, Result, ops};
-use crate::model::{Job, JobId, JobStatus};
-use crate::protocol::{ItemOutcome, PooldError};
+use super::ops;
+use crate::model::{JobId, JobStatus};
+use crate::outcomes::ChunkOutcomes;
+use crate::protocol::PooldError;
+use crate::store::{ChunkRecord, CommitHook, DeleteOutcome, Error, NewJob, Result};
 
 /// The most ops folded into one transaction…
 const MAX_BATCH: usize = 1024;
@@ -43,39 +45,13 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 const MIN_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
-/// A job to insert with its chunks (see `chunks`). With `job.ingesting`, more chunks follow
-/// through [`Op::AppendChunks`].
-pub struct NewJob {
-    pub job: Job,
-    /// The job's chunks in pieces of at most about 1 MiB (SQLite parses each piece's JSON
-    /// separately, so a big job never costs one huge parse): `(first chunk index, JSON array
-    /// of [first item index, [items]] chunks)`, each piece continuing the one before.
-    pub chunks: Vec<(u64, String)>,
-    /// The client's `Idempotency-Key` and the hash of its request.
-    pub idempotency: Option<Idempotency>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Idempotency {
-    pub key: String,
-    pub request_hash: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOutcome {
-    Deleted,
-    NotFound,
-    NotFinished,
-}
-
 pub enum Op {
     CreateJob(Box<NewJob>),
-    /// More chunks of a job whose upload is open, numbered from `first_chunk`; `close` ends
-    /// the upload (the total is then final). Skipped when the job has ended meanwhile.
+    /// More chunks of a job whose upload is open (a piece as in [`NewJob::pieces`]); `close`
+    /// ends the upload (the total is then final). Skipped when the job has ended meanwhile.
     AppendChunks {
         id: JobId,
-        first_chunk: u64,
-        chunks: String,
+        piece: String,
         items: u64,
         close: bool,
         at: OffsetDateTime,
@@ -84,15 +60,8 @@ pub enum Op {
         id: JobId,
         at: OffsetDateTime,
     },
-    /// `outcomes` is the JSON array of the chunk's `{"value"}` / `{"error"}` entries, each
-    /// with an optional (already bounded) `"log"`.
     RecordChunk {
-        id: JobId,
-        chunk_index: u64,
-        start_index: u64,
-        size: u64,
-        outcomes: String,
-        failed: u64,
+        record: Box<ChunkRecord>,
         at: OffsetDateTime,
     },
     FinishJob {
@@ -123,9 +92,9 @@ impl Op {
     pub(super) fn job_id(&self) -> Option<JobId> {
         match self {
             Op::CreateJob(new) => Some(new.job.id),
+            Op::RecordChunk { record, .. } => Some(record.id),
             Op::AppendChunks { id, .. }
             | Op::MarkStarted { id, .. }
-            | Op::RecordChunk { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => Some(*id),
             Op::PurgeFinished { .. } => None,
@@ -135,9 +104,9 @@ impl Op {
     /// Roughly the bytes of JSON this op hands to SQLite.
     pub(super) fn payload_bytes(&self) -> usize {
         match self {
-            Op::CreateJob(new) => new.chunks.iter().map(|(_, json)| json.len()).sum(),
-            Op::AppendChunks { chunks, .. } => chunks.len(),
-            Op::RecordChunk { outcomes, .. } => outcomes.len(),
+            Op::CreateJob(new) => new.pieces.iter().map(String::len).sum(),
+            Op::AppendChunks { piece, .. } => piece.len(),
+            Op::RecordChunk { record, .. } => record.outcomes.json.len(),
             Op::MarkStarted { .. }
             | Op::FinishJob { .. }
             | Op::DeleteJob { .. }
@@ -166,11 +135,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the task on `conn`; `options` reopen it after a failure.
+    /// Start the task on `conn`; `options` reopen it after a failure; `last_seq` is the
+    /// highest completion number recorded so far.
     pub fn start(
         conn: SqliteConnection,
         options: SqliteConnectOptions,
         on_commit: CommitHook,
+        last_seq: u64,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Self {
@@ -188,6 +159,7 @@ impl Writer {
             kept: VecDeque::new(),
             retry_at: None,
             retry_after: MIN_RETRY,
+            next_seq: last_seq + 1,
         };
         (writer, tokio::spawn(task.run()))
     }
@@ -245,6 +217,9 @@ struct Task {
     kept: VecDeque<Request>,
     retry_at: Option<Instant>,
     retry_after: Duration,
+    /// The completion number the next recorded chunk gets (a number spent on a chunk that
+    /// turns out recorded already is simply skipped: only the order matters).
+    next_seq: u64,
 }
 
 impl Task {
@@ -344,7 +319,7 @@ impl Task {
             None => self.conn.insert(self.options.connect().await?),
         };
         let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
-        let applied = ops::apply_batch(conn, &ops).await;
+        let applied = ops::apply_batch(conn, &ops, &mut self.next_seq).await;
         if applied.is_err() {
             // A failed commit can leave sqlx's transaction state wedged: start afresh.
             if let Some(conn) = self.conn.take() {
@@ -406,17 +381,10 @@ impl Task {
             return self.done(request, Err(e));
         }
         let fallbacks = match &request.op {
-            Op::RecordChunk {
-                id,
-                chunk_index,
-                start_index,
-                size,
-                at,
-                ..
-            } => vec![
-                unstorable(*id, *chunk_index, *start_index, *size, &e, *at),
+            Op::RecordChunk { record, at } => vec![
+                unstorable(record, &e, *at),
                 Op::FinishJob {
-                    id: *id,
+                    id: record.id,
                     status: JobStatus::Failed,
                     error: Some(format!("its results could not be stored: {e}")),
                     at: *at,
@@ -456,26 +424,19 @@ impl Task {
 }
 
 /// The record of a chunk whose every item failed as `unstorable_result`.
-fn unstorable(
-    id: JobId,
-    chunk_index: u64,
-    start_index: u64,
-    size: u64,
-    e: &Error,
-    at: OffsetDateTime,
-) -> Op {
-    let outcome = ItemOutcome::failed(
-        PooldError::UnstorableResult,
-        format!("the database refused this item's chunk of results: {e}"),
-    );
-    let outcomes = vec![outcome; size as usize];
+fn unstorable(record: &ChunkRecord, e: &Error, at: OffsetDateTime) -> Op {
+    let message = format!("the database refused this item's chunk of results: {e}");
     Op::RecordChunk {
-        id,
-        chunk_index,
-        start_index,
-        size,
-        outcomes: serde_json::to_string(&outcomes).expect("outcomes serialize"),
-        failed: size,
+        record: Box::new(ChunkRecord {
+            id: record.id,
+            start: record.start,
+            outcomes: ChunkOutcomes::all_failed(
+                record.outcomes.size,
+                PooldError::UnstorableResult,
+                &message,
+            ),
+            fail_job: record.fail_job.clone(),
+        }),
         at,
     }
 }
