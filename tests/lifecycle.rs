@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, wait_dead};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_leaves_no_worker() {
@@ -136,12 +136,19 @@ async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_o
     for delay_ms in [300, 20, 450, 120, 600, 0] {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         let pids = app.worker_pids().await;
-        eprintln!("kill -9 at done = {}", app.job(&id).await["done"]);
         let status = app.kill9();
         assert!(!status.success());
         assert!(
             wait_dead(&pids, Duration::from_secs(5)).await.is_empty(),
             "workers outlived a killed poold"
+        );
+        // What the kill left on disk: each kill must land mid-job, or it tests nothing.
+        let stored = common::stored_job(&db, &id).await;
+        eprintln!("kill -9 after {delay_ms} ms: {stored}");
+        let done = stored["done"].as_u64().unwrap();
+        assert!(
+            0 < done && done < total as u64,
+            "the kill after {delay_ms} ms did not land mid-job: {stored}"
         );
         app = TestApp::start(&db, &[]).await;
     }
@@ -168,4 +175,141 @@ async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_o
         .collect();
     assert_eq!(indices, (0..total as u64).collect::<Vec<_>>());
     assert!(results.iter().all(|r| r["value"] == 0.003));
+}
+
+/// Item `i` of the job killed under: every 50th from 17 on is not a number (an item error).
+fn bad_item(i: u64) -> bool {
+    i % 50 == 17
+}
+
+#[tokio::test]
+async fn after_kill_9_a_job_with_item_errors_completes_with_each_result_once_and_ended_jobs_stay_ended()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("poold.db");
+    let mut app = TestApp::start(&db, &[]).await;
+
+    // Two jobs that end before the kill: one cancelled mid-run, one failed by fail_fast.
+    let cancelled = app
+        .submit(json!({"function": "sleep", "items": vec![0.05; 100], "chunksize": 1}))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.job(&cancelled).await["done"].as_u64().unwrap() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.post(&format!("/v1/jobs/{cancelled}/cancel"))
+            .await
+            .status(),
+        200
+    );
+    let mut items = vec![json!(0.01); 100];
+    items[6] = json!("bad");
+    let failed_fast = app
+        .submit(
+            json!({"function": "sleep", "items": items, "chunksize": 1, "on_error": "fail_fast"}),
+        )
+        .await;
+    let mut ended = Vec::new();
+    for id in [&cancelled, &failed_fast] {
+        let job = app.wait_job(id).await;
+        let results = app.results(id).await;
+        ended.push((id.clone(), job, results));
+    }
+    assert_eq!(ended[0].1["status"], "cancelled");
+    assert_eq!(ended[1].1["status"], "failed");
+    for (_, job, results) in &ended {
+        assert!(job["done"].as_u64().unwrap() < 100, "{job}");
+        assert_eq!(results.len() as u64, job["done"].as_u64().unwrap());
+    }
+
+    let total = 1200u64;
+    let items: Vec<Value> = (0..total)
+        .map(|i| {
+            if bad_item(i) {
+                json!("bad")
+            } else {
+                json!(0.004)
+            }
+        })
+        .collect();
+    let bad = (0..total).filter(|&i| bad_item(i)).count() as u64;
+    let id = app
+        .submit(json!({"function": "sleep", "items": items, "chunksize": 4}))
+        .await;
+    // A client sees some results, errors among them, before poold dies.
+    let seen = app
+        .events_until(&id, "", |events| {
+            let results: Vec<_> = events.iter().filter(|e| e.event == "result").collect();
+            results.len() >= 100 && results.iter().any(|e| e.data.get("error").is_some())
+        })
+        .await;
+    let seen: Vec<Value> = seen
+        .into_iter()
+        .filter(|e| e.event == "result")
+        .map(|e| e.data)
+        .collect();
+    assert!(seen.len() >= 100);
+    let pids = app.worker_pids().await;
+    app.kill9();
+    assert!(wait_dead(&pids, Duration::from_secs(5)).await.is_empty());
+    let stored = common::stored_job(&db, &id).await;
+    let (done, failed) = (
+        stored["done"].as_u64().unwrap(),
+        stored["failed"].as_u64().unwrap(),
+    );
+    assert!(
+        stored["status"] == "running" && done < total && failed >= 1,
+        "the kill landed mid-job, after an item error: {stored}"
+    );
+
+    let app = TestApp::start(&db, &[]).await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(total), Some(bad)),
+        "{job}"
+    );
+    let results = app.results(&id).await;
+    let indices: Vec<u64> = results
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, (0..total).collect::<Vec<_>>(), "each index once");
+    for (i, r) in results.iter().enumerate() {
+        if bad_item(i as u64) {
+            assert_eq!(r["error"]["type"], "TypeError", "{r}");
+            assert!(r.get("value").is_none(), "{r}");
+        } else {
+            assert_eq!(r, &json!({"index": i, "value": 0.004}));
+        }
+    }
+    for r in &seen {
+        let i = r["index"].as_u64().unwrap() as usize;
+        assert_eq!(&results[i], r, "a result seen before the kill changed");
+    }
+    // The stream agrees: each result once.
+    let events = app.events(&id, "", None).await;
+    let streamed: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e.event == "result")
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(streamed, results);
+
+    // The ended jobs were not resumed: same state, same results.
+    app.wait_workers("idle").await;
+    for (id, job, results) in &ended {
+        assert_eq!(
+            &app.job(id).await,
+            job,
+            "an ended job changed after restart"
+        );
+        assert_eq!(&app.results(id).await, results);
+    }
 }

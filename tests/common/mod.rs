@@ -467,3 +467,69 @@ pub fn python_worker(dir: &Path, name: &str, source: &str) -> String {
     std::fs::write(&script, source).expect("write worker script");
     format!("{} {}", python(), script.display())
 }
+
+/// Run a query that returns one row of one text column holding JSON (build it with
+/// `json_object`/`json_group_array`) on a stopped server's database, and parse it: what poold
+/// left on disk, e.g. a job's counters at the moment it was killed.
+pub async fn sqlite_json(db: &Path, sql: &str) -> Value {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .connect()
+        .await
+        .expect("open the database");
+    let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.close().await.expect("close the database");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql} gave {text:?}: {e}"))
+}
+
+/// A stopped server's stored counters of a job: `{"status", "done", "failed", "total"}`.
+pub async fn stored_job(db: &Path, id: &str) -> Value {
+    sqlite_json(
+        db,
+        &format!(
+            "select json_object('status', status, 'done', done, 'failed', failed, 'total', total)
+             from jobs where id = '{id}'"
+        ),
+    )
+    .await
+}
+
+impl TestApp {
+    /// Read an SSE stream until `enough` says so (or it ends), then drop the connection:
+    /// the events a client saw before it went away.
+    pub async fn events_until(
+        &self,
+        id: &str,
+        query: &str,
+        enough: impl Fn(&[SseEvent]) -> bool,
+    ) -> Vec<SseEvent> {
+        let response = self
+            .client
+            .get(format!("{}/v1/jobs/{id}/events{query}", self.url))
+            .send()
+            .await
+            .expect("GET events");
+        assert_eq!(response.status(), 200);
+        let mut body = String::new();
+        let mut stream = response.bytes_stream();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                body.push_str(std::str::from_utf8(&chunk.expect("stream chunk")).expect("utf-8"));
+                // Only whole events: up to the last blank line.
+                let whole = body.rfind("\n\n").map_or("", |end| &body[..end + 2]);
+                let events = parse_sse(whole);
+                if enough(&events) {
+                    return events;
+                }
+            }
+            parse_sse(&body)
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("enough events in time")
+    }
+}
