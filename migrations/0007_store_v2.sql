@@ -41,15 +41,17 @@ create unique index jobs_by_idempotency_key on jobs (idempotency_key) where idem
 
 -- A chunk is queued (0) until its outcomes are recorded, in the same statement that makes it
 -- done (1), so it is recorded once; a chunk of a job that ended first is dropped (2).
+-- The outcomes come before the items, and a done chunk's items are emptied (nothing reads
+-- them again): reading a page of outcomes never walks through the items' overflow pages.
 create table chunks (
     job      integer not null references jobs (key) on delete cascade,
     start    integer not null,                  -- index of its first item
     size     integer not null check (size >= 1),
-    items    text not null,                     -- JSON array of its items
     state    integer not null check (state in (0, 1, 2)),
     seq      integer,                           -- when done: the order chunks were recorded in
-    outcomes text,                              -- when done: JSON array, one entry per item
     failed   integer,                           -- when done: item errors among its outcomes
+    outcomes text,                              -- when done: JSON array, one entry per item
+    items    text not null,                     -- JSON array of its items; '' once done
     check ((state = 1) = (outcomes is not null and seq is not null and failed is not null)),
     primary key (job, start)
 ) without rowid;
@@ -73,7 +75,7 @@ from jobs_v1 order by id;
 create index chunks_v1_by_start on chunks_v1 (job_id, start_index);
 
 insert into chunks (job, start, size, items, state, seq, outcomes, failed)
-select j.key, c.start_index, c.size, c.items,
+select j.key, c.start_index, c.size, case when c.status = 'done' then '' else c.items end,
        case c.status when 'queued' then 0 when 'done' then 1 else 2 end,
        case when c.status = 'done' then coalesce(r.first_rowid, 0) end,
        case when c.status = 'done' then coalesce(r.outcomes, '[]') end,

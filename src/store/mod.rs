@@ -4,8 +4,8 @@
 //!
 //! The storage model, the same for every backend:
 //! - a job row, keyed internally by an integer (the public id is its UUIDv7);
-//! - one row per chunk: its first item's index (`start`), its items, and — once it has run —
-//!   all its outcomes as one JSON array (see `crate::outcomes`), written in the same statement
+//! - one row per chunk: its first item's index (`start`), its items until it has run, and —
+//!   once it has run — all its outcomes as one JSON array (see `crate::outcomes`), written in the same statement
 //!   that marks it done, so that a chunk is recorded exactly once. Results by index, pages,
 //!   completion order and downloads are read from those rows ([`pages`]).
 //!

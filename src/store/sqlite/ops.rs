@@ -130,7 +130,8 @@ macro_rules! progress_sql {
                 value ->> 1 as start, value ->> 2 as failed, value ->> 3 as seq
          from json_each(?1, '$.heads')),
      o as materialized (select key as n, value as outcomes from json_each(?2) where ?1 is not null)
-     update chunks set state = 1, seq = h.seq, failed = h.failed, outcomes = o.outcomes
+     update chunks set state = 1, seq = h.seq, failed = h.failed, outcomes = o.outcomes,
+                       items = ''
      from h join o on o.n = h.n
      where chunks.job = h.job and chunks.start = h.start and chunks.state = 0;
 
