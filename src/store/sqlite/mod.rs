@@ -373,7 +373,6 @@ impl SqliteStore {
 const ENTRY: &str = "start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes";
 
 /// Done chunks from the one holding item ?2 on (the anchor is found through the primary key).
-
 const DONE_CHUNKS: &str = "select group_concat(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, char(31) order by start)
      from (select start, size, failed, seq, outcomes from chunks
            where job = (select key from jobs where id = ?1) and state = 1
