@@ -2,7 +2,8 @@
 //!
 //! A worker answers a task with a JSON array of outcomes, one per item in item order:
 //! `{"value": …}` or `{"error": {"type", "message", "traceback"}}`, either with an optional
-//! `"log"`. The supervisor (`pool`) checks that array once, without copying it
+//! `"log"` — or, when every item succeeded and printed nothing, with just the values (the short
+//! form `values`, written out here as `{"value": …}` entries). The supervisor (`pool`) checks that array once, without copying it
 //! ([`ChunkOutcomes::from_worker`]), and the store keeps it as the chunk's `outcomes`, so
 //! poold never parses and re-serializes what a worker sent only to store it. Values nested too
 //! deep and logs over the limit are the exceptions: then the array is rebuilt with the value
@@ -16,7 +17,7 @@ use std::fmt::Write;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ItemOutcome, PooldError};
+use crate::protocol::{ItemOutcome, PooldError, WorkerResults};
 
 /// The most log text kept per item; the rest is cut and [`LOG_TRUNCATED`] appended.
 pub const MAX_ITEM_LOG_BYTES: usize = 64 * 1024;
@@ -99,7 +100,11 @@ impl ChunkOutcomes {
     /// Check a worker's `results` array for a chunk of `size` items. Kept as sent unless a value
     /// nests too deep or a log is too long (then rebuilt). `Err` says why the array is not a
     /// valid answer (wrong length, an entry that is not an outcome): a protocol breach.
-    pub fn from_worker(results: &RawValue, size: u64) -> Result<Self, String> {
+    pub fn from_worker(results: &WorkerResults, size: u64) -> Result<Self, String> {
+        let results = match results {
+            WorkerResults::Results(results) => results,
+            WorkerResults::Values(values) => return Self::from_values(values, size),
+        };
         let entries: Vec<OutcomeRef> = serde_json::from_str(results.get())
             .map_err(|e| format!("the results are not outcomes: {e}"))?;
         if entries.len() as u64 != size {
@@ -131,6 +136,50 @@ impl ChunkOutcomes {
         }
         let owned: Vec<ItemOutcome> = entries.iter().map(to_owned_outcome).collect();
         Ok(Self::from_outcomes(&owned))
+    }
+
+    /// A worker's short form (`values`: every item succeeded and printed nothing), written
+    /// as outcomes: each value is copied once, never parsed into a tree.
+    fn from_values(values: &RawValue, size: u64) -> Result<Self, String> {
+        let values: Vec<&RawValue> = serde_json::from_str(values.get())
+            .map_err(|e| format!("the values are not a JSON array: {e}"))?;
+        if values.len() as u64 != size {
+            return Err(format!(
+                "{} values for a chunk of {size} items",
+                values.len()
+            ));
+        }
+        let entries = values.iter().map(|&value| OutcomeRef {
+            value: Some(value),
+            error: None,
+            log: None,
+        });
+        if values
+            .iter()
+            .any(|v| crate::limits::json_depth(v.get()) > crate::limits::MAX_DEPTH)
+        {
+            let owned: Vec<ItemOutcome> = entries.map(|e| to_owned_outcome(&e)).collect();
+            return Ok(Self::from_outcomes(&owned));
+        }
+        let bytes: usize = values.iter().map(|v| v.get().len() + 11).sum();
+        let mut json = String::with_capacity(bytes + 2);
+        json.push('[');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str("{\"value\":");
+            json.push_str(value.get());
+            json.push('}');
+        }
+        json.push(']');
+        Ok(Self {
+            json,
+            size,
+            failed: 0,
+            first_error: None,
+            pooled: Vec::new(),
+        })
     }
 
     /// The outcomes poold made itself (a failed item, errors of a whole chunk), or a checked
@@ -280,8 +329,28 @@ pub fn write_result(out: &mut String, index: u64, outcome: &OutcomeRef) {
 mod tests {
     use super::*;
 
-    fn raw(text: &str) -> Box<RawValue> {
-        RawValue::from_string(text.to_string()).unwrap()
+    fn raw(text: &str) -> WorkerResults {
+        WorkerResults::Results(RawValue::from_string(text.to_string()).unwrap())
+    }
+
+    fn values(text: &str) -> WorkerResults {
+        WorkerResults::Values(RawValue::from_string(text.to_string()).unwrap())
+    }
+
+    #[test]
+    fn the_short_form_is_written_as_outcomes() {
+        let outcomes = ChunkOutcomes::from_worker(&values(r#"[1, {"a": [2]}, null]"#), 3).unwrap();
+        assert_eq!(
+            outcomes.json,
+            r#"[{"value":1},{"value":{"a": [2]}},{"value":null}]"#
+        );
+        assert_eq!((outcomes.size, outcomes.failed), (3, 0));
+        assert!(ChunkOutcomes::from_worker(&values("[1]"), 2).is_err());
+        assert!(ChunkOutcomes::from_worker(&values(r#"{"value": 1}"#), 1).is_err());
+        let deep = format!("[2, {}{}]", "[".repeat(200), "]".repeat(200));
+        let outcomes = ChunkOutcomes::from_worker(&values(&deep), 2).unwrap();
+        assert_eq!((outcomes.size, outcomes.failed), (2, 1));
+        assert_eq!(outcomes.pooled, [(PooldError::InvalidResult, 1)]);
     }
 
     #[test]

@@ -50,9 +50,18 @@ pub enum WorkerMessage {
         /// means `["json"]`.
         codecs: Vec<String>,
     },
-    /// The outcome of one task: exactly one entry per item, in item order, kept as the JSON
-    /// array the worker sent (checked by `crate::outcomes::ChunkOutcomes::from_worker`).
-    Result { id: u64, results: Box<RawValue> },
+    /// The outcome of one task, one entry per item in item order, kept as the JSON array the
+    /// worker sent (checked by `crate::outcomes::ChunkOutcomes::from_worker`).
+    Result { id: u64, results: WorkerResults },
+}
+
+/// A `result` message's entries: `results` (an outcome object per item) or, when every item
+/// succeeded and printed nothing, the short form `values` (just the values).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerResults {
+    Results(Box<RawValue>),
+    Values(Box<RawValue>),
 }
 
 #[derive(Deserialize)]
@@ -77,7 +86,8 @@ fn json_only() -> Vec<String> {
 #[derive(Deserialize)]
 struct ResultFields {
     id: u64,
-    results: Box<RawValue>,
+    results: Option<Box<RawValue>>,
+    values: Option<Box<RawValue>>,
 }
 
 impl WorkerMessage {
@@ -99,8 +109,20 @@ impl WorkerMessage {
                 })
             }
             "result" => {
-                let ResultFields { id, results } = serde_json::from_str(line)?;
-                Ok(Self::Result { id, results })
+                let fields: ResultFields = serde_json::from_str(line)?;
+                let results = match (fields.results, fields.values) {
+                    (Some(results), None) => WorkerResults::Results(results),
+                    (None, Some(values)) => WorkerResults::Values(values),
+                    _ => {
+                        return Err(serde::de::Error::custom(
+                            "a result has either `results` or `values`",
+                        ));
+                    }
+                };
+                Ok(Self::Result {
+                    id: fields.id,
+                    results,
+                })
             }
             other => Err(serde::de::Error::custom(format!(
                 "unknown message type {other:?}"
@@ -453,8 +475,23 @@ mod tests {
             panic!("not a result")
         };
         assert_eq!(id, 7);
+        let WorkerResults::Results(results) = results else {
+            panic!("not the long form")
+        };
         assert!(results.get().starts_with(r#"[{"value":{"a":[1,2]}}"#));
         assert!(WorkerMessage::parse(r#"{"type":"nope"}"#).is_err());
+        let short = r#"{"type":"result","id":8,"values":[1,{"b":2}]}"#;
+        let Ok(WorkerMessage::Result {
+            id: 8,
+            results: WorkerResults::Values(values),
+        }) = WorkerMessage::parse(short)
+        else {
+            panic!("not the short form")
+        };
+        assert_eq!(values.get(), r#"[1,{"b":2}]"#);
+        let both = r#"{"type":"result","id":9,"values":[1],"results":[{"value":1}]}"#;
+        assert!(WorkerMessage::parse(both).is_err());
+        assert!(WorkerMessage::parse(r#"{"type":"result","id":9}"#).is_err());
     }
 
     #[test]

@@ -37,6 +37,7 @@ what poold's throughput is made of.
 import argparse
 import base64
 import io
+import itertools
 import json
 import json.scanner
 import os
@@ -162,25 +163,59 @@ class Worker:
             )
         else:
             refusal = None
+        short = False
         if refusal is not None:
             results = [{"error": _error(refusal)} for _ in items]
         elif codec == "pickle":
             results = self._run_pickled(function, items, star, kwargs)
         else:
-            results = self._run_json(function, items, star, kwargs)
-        message = {"type": "result", "id": task["id"], "results": results}
+            results, short = self._run_json(function, items, star, kwargs)
+        # The short form `values` when every item succeeded and printed nothing.
+        message = {"type": "result", "id": task["id"], ("values" if short else "results"): results}
         try:
             text = _encode(message)
         except (TypeError, ValueError):
+            if short:
+                results = [{"value": v} for v in results]
+                message = {"type": "result", "id": task["id"], "results": results}
             _drop_unsendable(results)
             text = _encode(message)
         return text.encode() + b"\n"
 
     def _run_json(self, function, items, star, kwargs):
-        results = []
+        """The items' outcomes: ``(values, True)`` in the short form (every item succeeded and
+        printed nothing), else ``(entries, False)``."""
+        if star or kwargs:
+            return self._outcomes(function, items, star, kwargs, []), False
+        # The common case, as cheap as a loop can be; it stops at an item that raises or
+        # prints, and the rest go one outcome at a time. No item runs twice.
+        values = []
+        append = values.append
+        printed = self.capture.parts
+        failure = None
+        try:
+            for item in items:
+                append(function(item))
+                if printed:
+                    break
+        except Exception as e:
+            failure = e
+        if failure is None and not printed and len(values) == len(items):
+            return values, True
+        # Stopped at an item that raised (`failure`) or printed (its value is the last one).
+        entries = [{"value": v} for v in values]
+        if failure is not None:
+            entries.append({"error": _error(failure)})
+        if printed:
+            entries[-1]["log"] = self.capture.take()
+        return self._outcomes(function, items, star, kwargs, entries), False
+
+    def _outcomes(self, function, items, star, kwargs, results):
+        """Outcome entries for ``items``, appended to ``results`` (the entries of the first
+        items, which already ran)."""
         append = results.append
         printed = self.capture.parts
-        for item in items:
+        for item in itertools.islice(items, len(results), None):
             try:
                 if star:
                     if type(item) is not list:

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,7 @@ use super::queue::{Pending, Queue};
 use super::{Command, ExitReason, PoolConfig, PoolSnapshot, WorkerInfo, WorkerOffer, WorkerState};
 use crate::model::{Codec, JobId, JobStatus};
 use crate::outcomes::ChunkOutcomes;
-use crate::protocol::{PooldError, PooldMessage, WorkerMessage};
+use crate::protocol::{PooldError, PooldMessage, WorkerMessage, WorkerResults};
 use crate::store::Store;
 
 /// Chunks in flight per worker: one running, the next already in its pipe.
@@ -288,7 +287,7 @@ impl Supervisor {
         }
     }
 
-    fn on_result(&mut self, index: usize, task_id: u64, results: Box<RawValue>) {
+    fn on_result(&mut self, index: usize, task_id: u64, results: WorkerResults) {
         let slot = &mut self.slots[index];
         let Some(flight) = slot.in_flight.front() else {
             tracing::error!(
