@@ -69,6 +69,10 @@ pub async fn run(
         body_budget: Arc::new(Semaphore::new(config.max_buffered_bytes)),
         shutdown: shutdown.clone(),
         api_token: config.api_token.as_deref().map(api::token_digest),
+        node: Arc::new(api::Node::new(
+            config.node_name.clone(),
+            listener.local_addr()?,
+        )),
     };
     if !config.retention.is_zero() {
         tokio::spawn(retention::run(

@@ -102,6 +102,9 @@ pub struct ServeArgs {
     /// Allow binding a non-loopback address without `--api-token`.
     #[arg(long, env = "POOLD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// This node's name in `GET /v1/nodes` [default: the host name and the port].
+    #[arg(long, env = "POOLD_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Log format.
     #[arg(long, env = "POOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -702,3 +702,83 @@ async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free() {
         200
     );
 }
+
+#[tokio::test]
+async fn numbers_come_back_exactly_as_sent() {
+    let app = TestApp::spawn().await;
+    // Floats whose shortest form needs 17 digits, integers beyond 2^53, big exponents.
+    let items = r#"[0.0010040000000000001, 0.30000000000000004, 9007199254740993, -1e-300, 1.7976931348623157e308, 5e-324]"#;
+    let body = format!(r#"{{"function": "echo", "items": {items}}}"#);
+    let response = app
+        .client
+        .post(format!("{}/v1/jobs", app.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_job(&id).await;
+    let text = app.results_ndjson(&id).await.text().await.unwrap();
+    let values: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            let start = line.find("\"value\":").expect("a value") + 8;
+            line[start..line.len() - 1].trim()
+        })
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "0.0010040000000000001",
+            "0.30000000000000004",
+            "9007199254740993",
+            "-1e-300",
+            "1.7976931348623157e+308", // the same number, written as serde_json writes it
+            "5e-324"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn one_poold_is_one_node_running_every_worker() {
+    let app = TestApp::spawn_with(&["--workers", "2", "--node-name", "node-a"]).await;
+    app.wait_workers("idle").await;
+    let response = app.get("/v1/nodes").await;
+    assert_eq!(response.status(), 200);
+    let nodes: Value = response.json().await.unwrap();
+    let nodes = nodes["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node = &nodes[0];
+    assert_eq!(node["name"], "node-a");
+    assert_eq!(node["address"], app.url.trim_start_matches("http://"));
+    assert_eq!(node["workers"], 2);
+    assert_eq!(node["state"], "alive");
+    let id = node["id"].as_str().expect("id");
+    assert!(uuid_like(id), "{id}");
+    for field in ["started_at", "heartbeat_at"] {
+        assert!(node[field].as_str().unwrap().ends_with('Z'), "{node}");
+    }
+    let pool = app.pool().await;
+    let workers = pool["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|w| w["node"] == id), "{pool}");
+
+    // Without --node-name: the host name and the port.
+    let unnamed = TestApp::spawn().await;
+    let nodes: Value = unnamed.get("/v1/nodes").await.json().await.unwrap();
+    let port = unnamed.url.rsplit(':').next().unwrap();
+    let name = nodes["nodes"][0]["name"].as_str().unwrap();
+    assert!(
+        name.ends_with(&format!(":{port}")) && name.len() > port.len() + 1,
+        "{name}"
+    );
+}
+
+fn uuid_like(text: &str) -> bool {
+    text.len() == 36 && text.chars().filter(|&c| c == '-').count() == 4
+}

@@ -1,5 +1,6 @@
 //! Upgrading a database written by an earlier poold: the schema of migrations 0001..0006 (as
-//! they shipped, copied in `tests/fixtures/migrations_0006/`) holding jobs in every state, as
+//! they shipped: migrations are append-only, so the first six files of `migrations/` are
+//! they) holding jobs in every state, as
 //! that version's store wrote them (one `results` row per item, in the order chunks were
 //! recorded). The current binary must migrate the file on start and then serve those jobs as
 //! they were: results, errors, logs, both orders, NDJSON; resume the unfinished ones, running
@@ -83,7 +84,17 @@ async fn write_old_database(db: &Path) {
         .connect()
         .await
         .expect("create the database");
-    let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/migrations_0006");
+    // The earlier version's migrations: the first six of the repository's.
+    let old = db.with_extension("migrations");
+    std::fs::create_dir_all(&old).unwrap();
+    let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let name = entry.unwrap().file_name();
+        let number: u32 = name.to_str().unwrap()[..4].parse().unwrap();
+        if number <= 6 {
+            std::fs::copy(all.join(&name), old.join(&name)).unwrap();
+        }
+    }
     let migrator = sqlx::migrate::Migrator::new(old.as_path())
         .await
         .expect("read the old migrations");

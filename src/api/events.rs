@@ -98,7 +98,7 @@ pub struct Progress {
 /// again only with its `result`). In index order a finished job's missing items (cancelled,
 /// failed fast) are skipped. Comments keep idle connections alive.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path), EventsQuery,
-    ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (0 to 9223372036854775806)", minimum = 0, maximum = 9223372036854775806_i64)),
+    ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event id (0 to 9223372036854775806)", minimum = 0, maximum = 9223372036854775806_i64)),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 400, description = "`Last-Event-ID`, `after`, `order` or `results` is not valid", body = Problem, content_type = "application/problem+json"),

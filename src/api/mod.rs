@@ -34,6 +34,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::token_digest;
 pub use error::{ApiError, Problem};
+pub use pool::Node;
 pub use server::{ConnectionLimits, serve};
 
 use crate::events::EventBus;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// SHA-256 of the bearer token required on `/v1/*`, when one is set.
     pub api_token: Option<[u8; 32]>,
+    /// This poold process, as `GET /v1/nodes` shows it.
+    pub node: Arc<Node>,
 }
 
 #[derive(OpenApi)]

@@ -1,6 +1,9 @@
-//! `/v1/pool` (workers, close/open like `Pool.close`) and `/v1/functions`.
+//! `/v1/pool` (workers, close/open like `Pool.close`), `/v1/nodes` and `/v1/functions`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use time::OffsetDateTime;
 
 use axum::Json;
 use axum::extract::State;
@@ -11,13 +14,44 @@ use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Problem};
 use crate::pool::{PoolSnapshot, WorkerState};
+use crate::store::format_time;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_pool))
         .routes(routes!(close_pool))
         .routes(routes!(open_pool))
+        .routes(routes!(list_nodes))
         .routes(routes!(list_functions))
+}
+
+/// This poold process as a node of the pool: one poold on SQLite is one node, which runs every
+/// worker of `GET /v1/pool`.
+#[derive(Debug)]
+pub struct Node {
+    id: uuid::Uuid,
+    name: String,
+    address: String,
+    started_at: OffsetDateTime,
+}
+
+impl Node {
+    /// A node named `name` (default: the host name and the port) serving on `address`.
+    pub fn new(name: Option<String>, address: SocketAddr) -> Self {
+        let name = name.unwrap_or_else(|| {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", address.port())
+        });
+        Self {
+            id: uuid::Uuid::now_v7(),
+            name,
+            address: address.to_string(),
+            started_at: OffsetDateTime::now_utc(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -46,6 +80,9 @@ pub struct WorkerDto {
     items_completed: u64,
     /// Processes of this slot that exited (crashed, stopped or replaced).
     restarts: u64,
+    /// The id of the node (`GET /v1/nodes`) the worker runs on.
+    #[schema(value_type = String)]
+    node: uuid::Uuid,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -60,7 +97,7 @@ pub struct PoolDto {
     last_error: Option<String>,
 }
 
-fn pool_dto(snapshot: PoolSnapshot, accepting: bool) -> PoolDto {
+fn pool_dto(snapshot: PoolSnapshot, accepting: bool, node: &Node) -> PoolDto {
     PoolDto {
         size: snapshot.size,
         accepting,
@@ -80,6 +117,7 @@ fn pool_dto(snapshot: PoolSnapshot, accepting: bool) -> PoolDto {
                 tasks_completed: w.tasks_completed,
                 items_completed: w.items_completed,
                 restarts: w.restarts,
+                node: node.id,
             })
             .collect(),
         last_error: snapshot.last_error,
@@ -90,6 +128,7 @@ async fn current(state: &AppState) -> Result<Json<PoolDto>, ApiError> {
     Ok(Json(pool_dto(
         state.pool.snapshot().await?,
         state.pool.accepting(),
+        &state.node,
     )))
 }
 
@@ -113,6 +152,59 @@ async fn open_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiEr
     state.pool.set_accepting(true);
     tracing::info!("pool open to new jobs");
     current(&state).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStateDto {
+    /// Serving and running its workers.
+    Alive,
+    /// Shutting down: new jobs get 503, running chunks finish.
+    Draining,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeDto {
+    #[schema(value_type = String)]
+    id: uuid::Uuid,
+    /// `--node-name` (default: the host name and the port).
+    name: String,
+    /// The address it listens on.
+    address: String,
+    /// RFC 3339.
+    started_at: String,
+    /// When it last said it was alive (RFC 3339); on one node, the time of the answer.
+    heartbeat_at: String,
+    /// Its worker processes (slots).
+    workers: usize,
+    state: NodeStateDto,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodesDto {
+    nodes: Vec<NodeDto>,
+}
+
+/// The nodes of the pool: one poold on SQLite is one node.
+#[utoipa::path(get, path = "/v1/nodes", tag = "pool", responses((status = 200, body = NodesDto)))]
+async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodesDto>, ApiError> {
+    let node = &state.node;
+    let snapshot = state.pool.snapshot().await?;
+    Ok(Json(NodesDto {
+        nodes: vec![NodeDto {
+            id: node.id,
+            name: node.name.clone(),
+            address: node.address.clone(),
+            started_at: format_time(node.started_at),
+            heartbeat_at: format_time(OffsetDateTime::now_utc()),
+            workers: snapshot.size,
+            state: if state.shutdown.is_cancelled() {
+                NodeStateDto::Draining
+            } else {
+                NodeStateDto::Alive
+            },
+        }],
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

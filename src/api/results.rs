@@ -35,6 +35,7 @@ pub struct ResultsQuery {
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
     /// First wait up to this many seconds (at most 300) for the job to finish: `Pool.map`.
+    #[param(minimum = 0)]
     wait: Option<f64>,
     /// `true`: only the items whose result is an error (still in index order; `offset` and
     /// `next_offset` are still item indexes). Default false. Applies to NDJSON too.

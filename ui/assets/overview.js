@@ -1,11 +1,11 @@
-// The overview (`/`): the pool — or each node, once `GET /v1/nodes` exists — with its
-// workers; accepting or closed, with the close/open button; queued chunks and items; a live
+// The overview (`/`): the pool and its workers, grouped by node (`GET /v1/nodes`);
+// accepting or closed, with the close/open button; queued chunks and items; a live
 // chart of items finished per second; the latest failed items.
 //
 // Sources: `GET /v1/pool` every second (its workers' `items_completed`, summed and sampled,
 // gives items per second: the difference between two samples over the time between them,
-// never below 0 since a worker or node may vanish); `GET /v1/nodes` only when the workers name
-// a node (a single poold's do not; a 404 means a single pool too); the queued and running jobs
+// never below 0 since a worker or node may vanish); `GET /v1/nodes` when the workers name a
+// node (a server without it — a 404 — is shown as one pool); the queued and running jobs
 // for the items still to do; the newest jobs with `failed > 0` and their first failed results
 // (`/results?failed=true`).
 
