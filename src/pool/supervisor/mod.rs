@@ -429,8 +429,12 @@ impl Supervisor {
             let mut line = serde_json::to_string(&message).expect("task serializes");
             line.push('\n');
             let slot = &mut self.slots[index];
-            let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
             let starts_now = slot.in_flight.is_empty();
+            if starts_now && let Some(process) = &slot.process {
+                // Before the task is sent: the worker may write to stderr at once.
+                process.set_job(Some(job_id));
+            }
+            let sent = slot.process.as_ref().is_some_and(|p| p.send(line));
             slot.tasks_sent += 1;
             let now = Instant::now();
             slot.in_flight.push_back(InFlight {
@@ -443,9 +447,6 @@ impl Supervisor {
                     .and_then(|b| now.checked_add(b)),
                 started: starts_now.then_some(now),
             });
-            if starts_now {
-                slot.show_current_job();
-            }
             if !sent {
                 // Its stdin is closed: it is exiting, and on_exit will requeue the chunk.
                 slot.state = SlotState::Stopping;
