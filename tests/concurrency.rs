@@ -76,14 +76,7 @@ async fn max_concurrency_is_checked_and_works_for_streamed_jobs() {
         json!({"function": "sleep", "chunksize": 1, "max_concurrency": 1}),
         "0.05\n".repeat(8)
     );
-    let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_body("application/x-ndjson", body).await;
     assert_eq!(response.status(), 201);
     let job: Value = response.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_string();

@@ -128,14 +128,7 @@ async fn item_2_items_nested_too_deep_are_a_400_naming_the_item() {
     let app = TestApp::spawn().await;
     for depth in [101, 130, 1001, 100_000] {
         let body = format!(r#"{{"function": "echo", "items": [0, {}]}}"#, nested(depth));
-        let response = app
-            .client
-            .post(format!("{}/v1/jobs", app.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_body("application/json", body).await;
         let status = response.status();
         let problem: Value = response.json().await.unwrap();
         assert_eq!(status, 400, "depth {depth}: {problem}");
@@ -147,14 +140,7 @@ async fn item_2_items_nested_too_deep_are_a_400_naming_the_item() {
             r#"{{"function": "echo", "items": [1], "{field}": {{"a": {}}}}}"#,
             nested(200)
         );
-        let response = app
-            .client
-            .post(format!("{}/v1/jobs", app.url))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_body("application/json", body).await;
         assert_eq!(response.status(), 400, "{field}");
     }
     // At the limit, echo gives the item back whole.
@@ -171,14 +157,7 @@ async fn item_2_items_nested_too_deep_are_a_400_naming_the_item() {
 async fn item_2_a_deep_ndjson_line_fails_its_upload_with_a_400_naming_the_line() {
     let app = TestApp::spawn().await;
     let body = format!("{{\"function\": \"echo\"}}\n1\n{}\n2\n", nested(300));
-    let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_body("application/x-ndjson", body).await;
     let status = response.status();
     let problem: Value = response.json().await.unwrap();
     assert_eq!(status, 400, "{problem}");

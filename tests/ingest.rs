@@ -34,13 +34,8 @@ async fn send(lines: &Lines, line: impl std::fmt::Display) {
 
 async fn post_ndjson(app: &TestApp, body: &str) -> (u16, Value) {
     let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST /v1/jobs");
+        .post_body("application/x-ndjson", body.to_string())
+        .await;
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON answer"))
 }

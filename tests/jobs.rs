@@ -709,14 +709,7 @@ async fn numbers_come_back_exactly_as_sent() {
     // Floats whose shortest form needs 17 digits, integers beyond 2^53, big exponents.
     let items = r#"[0.0010040000000000001, 0.30000000000000004, 9007199254740993, -1e-300, 1.7976931348623157e308, 5e-324]"#;
     let body = format!(r#"{{"function": "echo", "items": {items}}}"#);
-    let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_body("application/json", body).await;
     assert_eq!(response.status(), 201);
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()

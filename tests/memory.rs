@@ -68,13 +68,8 @@ async fn peak_rss_stays_bounded_ingesting_and_streaming_a_million_items() {
     });
     let body = futures::stream::once(async { Ok(spec) }).chain(pieces);
     let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .expect("upload");
+        .post_body("application/x-ndjson", reqwest::Body::wrap_stream(body))
+        .await;
     assert_eq!(response.status(), 201);
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["total"], items);
@@ -156,13 +151,8 @@ async fn ndjson_with_a_huge_chunksize_stays_within_the_bound() {
     });
     let body = futures::stream::once(async { Ok(spec) }).chain(pieces);
     let response = app
-        .client
-        .post(format!("{}/v1/jobs", app.url))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .expect("upload");
+        .post_body("application/x-ndjson", reqwest::Body::wrap_stream(body))
+        .await;
     assert_eq!(response.status(), 201);
     let job: Value = response.json().await.unwrap();
     let job = app.wait_job(job["id"].as_str().unwrap()).await;

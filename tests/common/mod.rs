@@ -173,6 +173,21 @@ impl TestApp {
             .expect("POST /v1/jobs")
     }
 
+    /// `POST /v1/jobs` with a body as given (a JSON text, or NDJSON lines) and its content type.
+    pub async fn post_body(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/jobs", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
     /// Submit a job and return its id, asserting 201.
     pub async fn submit(&self, body: Value) -> String {
         let response = self.post_job(&body).await;
