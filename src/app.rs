@@ -111,7 +111,7 @@ pub async fn run(
     supervisor.finish(Duration::from_secs(60)).await;
     http_stop.cancel();
     server.finish(Duration::from_secs(60)).await;
-    store.close().await;
+    store.close();
     drop(store);
     writer.finish(Duration::from_secs(10)).await;
     tracing::info!("poold stopped");

@@ -30,6 +30,11 @@ use crate::outcomes::ChunkOutcomes;
 pub enum Error {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store was closed (at shutdown).
+    #[error("the database is closed")]
+    Closed,
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database writer has stopped")]
@@ -111,8 +116,8 @@ impl Store {
     }
 
     /// Stop reading (at shutdown); the writer stops once every clone is dropped.
-    pub async fn close(&self) {
-        backend!(self, s => s.close().await)
+    pub fn close(&self) {
+        backend!(self, s => s.close())
     }
 
     pub async fn ping(&self) -> Result<()> {

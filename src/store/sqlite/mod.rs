@@ -1,10 +1,13 @@
 //! The SQLite backend: embedded, one machine, one database file (WAL).
 //!
-//! Reads go to a few read-only connections ([`readers`]); every write goes through the single
-//! writer task ([`writer`], SQL in [`ops`]), which folds whatever is waiting into one
-//! transaction (group commit) and calls the commit hook only after the commit. Pages of
-//! results are read as one row (SQLite folds the chunks into one text), so a page costs one
-//! hand-off from a connection's thread however many chunks it spans.
+//! SQLite is driven synchronously through rusqlite: reads on a few read-only connections
+//! ([`readers`]: a row on the caller's thread, pages on the blocking pool); every write goes
+//! through the single writer thread ([`writer`], SQL in [`ops`]), which folds whatever is
+//! waiting into one transaction (group commit) and calls the commit hook only after the
+//! commit. Pages of results are read as one row (SQLite folds the chunks into one text).
+//! Migrations are applied at open by sqlx's migrator (`migrations/`, recorded in
+//! `_sqlx_migrations` as by every earlier version), on a connection closed before anything
+//! else opens one.
 
 mod ops;
 mod readers;
@@ -16,9 +19,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{ConnectOptions, Connection as _};
 use time::OffsetDateTime;
 
 use super::{ChunkRecord, CommitHook, DeleteOutcome, Error, NewJob, Result};
@@ -30,9 +34,6 @@ use writer::{Op, Outcome, Writer};
 
 /// Read-only connections: concurrent readers (SSE streams, long-polls, chunk fetches).
 const READERS: usize = 4;
-
-/// The job's key, from its id (inside a query).
-const KEY: &str = "(select key from jobs where id = ?1)";
 
 // Every `limit` below is `limit +?N`, not `limit ?N`: SQLite plans with the value bound to a
 // bare `LIMIT ?` and then prepares the statement again whenever the parameter is bound anew —
@@ -54,28 +55,29 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true)
             .disable_statement_logging();
-        let mut conn = options.connect().await?;
-        sqlx::migrate!("./migrations").run(&mut conn).await?;
-        fail_interrupted_uploads(&mut conn).await?;
-        let (last_seq,): (Option<i64>,) = sqlx::query_as("select max(seq) from chunks")
-            .fetch_one(&mut conn)
-            .await?;
-        let reader = Arc::new(Readers::open(&options.clone().read_only(true), READERS).await?);
-        let (writer, task) = Writer::start(conn, options, on_commit, last_seq.unwrap_or(0) as u64);
+        let mut migrating = options.connect().await?;
+        sqlx::migrate!("./migrations").run(&mut migrating).await?;
+        migrating.close().await?;
+        let path = path.to_path_buf();
+        let conn = connection(&path, false)?;
+        fail_interrupted_uploads(&conn)?;
+        let last_seq: Option<i64> =
+            conn.query_row("select max(seq) from chunks", [], |row| row.get(0))?;
+        let reader = Arc::new(Readers::open(&path, READERS)?);
+        let (writer, task) = Writer::start(conn, path, on_commit, last_seq.unwrap_or(0) as u64);
         Ok((Self { reader, writer }, task))
     }
 
-    pub async fn close(&self) {
-        self.reader.close().await;
+    pub fn close(&self) {
+        self.reader.close();
     }
 
     pub async fn ping(&self) -> Result<()> {
-        self.reader.acquire().await?.ping().await?;
-        Ok(())
+        self.reader
+            .read(|conn| Ok(conn.query_row("select 1", [], |_| Ok(()))?))
+            .await
     }
 
     pub fn write_backlog(&self) -> usize {
@@ -162,17 +164,27 @@ impl SqliteStore {
     // ---- reads ----
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        let row: Option<JobRow> = sqlx::query_as("select * from jobs where id = ?1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *self.reader.acquire().await?)
+        let row = self
+            .reader
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("select * from jobs where id = ?1")?
+                    .query_row([id.to_string()], JobRow::read)
+                    .optional()?)
+            })
             .await?;
         row.map(Job::try_from).transpose()
     }
 
     pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<(Job, String)>> {
-        let row: Option<JobRow> = sqlx::query_as("select * from jobs where idempotency_key = ?1")
-            .bind(key)
-            .fetch_optional(&mut *self.reader.acquire().await?)
+        let row = self
+            .reader
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("select * from jobs where idempotency_key = ?1")?
+                    .query_row([key], JobRow::read)
+                    .optional()?)
+            })
             .await?;
         let Some(row) = row else { return Ok(None) };
         let hash = row.request_hash().unwrap_or_default().to_string();
@@ -185,56 +197,80 @@ impl SqliteStore {
         before: Option<JobId>,
         limit: u32,
     ) -> Result<Vec<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(
-            "select * from jobs
-             where (?1 is null or status = ?1)
-               and (?2 is null or key < (select key from jobs where id = ?2))
-             order by key desc limit +?3",
-        )
-        .bind(status.map(JobStatus::as_str))
-        .bind(before.map(|id| id.to_string()))
-        .bind(limit)
-        .fetch_all(&mut *self.reader.acquire().await?)
-        .await?;
+        let rows = self
+            .reader
+            .read_blocking(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "select * from jobs
+                     where (?1 is null or status = ?1)
+                       and (?2 is null or key < (select key from jobs where id = ?2))
+                     order by key desc limit +?3",
+                )?;
+                let rows = query.query_map(
+                    params![
+                        status.map(JobStatus::as_str),
+                        before.map(|id| id.to_string()),
+                        limit
+                    ],
+                    JobRow::read,
+                )?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
         rows.into_iter().map(Job::try_from).collect()
     }
 
     pub async fn unfinished_items(&self) -> Result<u64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "select coalesce(sum(total - done), 0) from jobs where status in ('queued', 'running')",
-        )
-        .fetch_one(&mut *self.reader.acquire().await?)
-        .await?;
+        let n: i64 = self
+            .reader
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "select coalesce(sum(total - done), 0) from jobs
+                         where status in ('queued', 'running')",
+                    )?
+                    .query_row([], |row| row.get(0))?)
+            })
+            .await?;
         Ok(n.max(0) as u64)
     }
 
     pub async fn metrics_snapshot(&self) -> Result<(Vec<(String, u64)>, f64)> {
-        let mut conn = self.reader.acquire().await?;
-        let by_status: Vec<(String, i64)> =
-            sqlx::query_as("select status, count(*) from jobs group by status")
-                .fetch_all(&mut *conn)
-                .await?;
-        let (age,): (Option<f64>,) = sqlx::query_as(
-            "select (julianday('now') - julianday(min(created_at))) * 86400.0
-             from jobs where status in ('queued', 'running')",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok((
-            by_status
-                .into_iter()
-                .map(|(s, n)| (s, n.max(0) as u64))
-                .collect(),
-            age.unwrap_or(0.0).max(0.0),
-        ))
+        self.reader
+            .read_blocking(|conn| {
+                let by_status = conn
+                    .prepare_cached("select status, count(*) from jobs group by status")?
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?.max(0) as u64,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let age: Option<f64> = conn
+                    .prepare_cached(
+                        "select (julianday('now') - julianday(min(created_at))) * 86400.0
+                         from jobs where status in ('queued', 'running')",
+                    )?
+                    .query_row([], |row| row.get(0))?;
+                Ok((by_status, age.unwrap_or(0.0).max(0.0)))
+            })
+            .await
     }
 
     pub async fn unfinished_jobs(&self) -> Result<Vec<Result<Job, (JobId, String)>>> {
-        let rows: Vec<JobRow> = sqlx::query_as(
-            "select * from jobs where status in ('queued', 'running') order by priority desc, key",
-        )
-        .fetch_all(&mut *self.reader.acquire().await?)
-        .await?;
+        let rows = self
+            .reader
+            .read_blocking(|conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "select * from jobs where status in ('queued', 'running')
+                         order by priority desc, key",
+                    )?
+                    .query_map([], JobRow::read)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|row| {
@@ -247,23 +283,21 @@ impl SqliteStore {
             .collect())
     }
 
-    /// Queued chunks, folded by SQLite into one text (one hand-off for the whole window).
+    /// Queued chunks, folded by SQLite into one text.
     pub async fn queued_chunks(
         &self,
         id: JobId,
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Chunk>> {
-        let (text,): (Option<String>,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select group_concat(start || ' ' || size || ' ' || items, char(31) order by start)
-             from (select start, size, items from chunks
-                   where job = {KEY} and state = 0 and start > ?2 order by start limit +?3)"
-        )))
-        .bind(id.to_string())
-        .bind(after.map_or(-1, |a| a as i64))
-        .bind(limit)
-        .fetch_one(&mut *self.reader.acquire().await?)
-        .await?;
+        let text = self
+            .text(
+                QUEUED_CHUNKS,
+                id,
+                Some(after.map_or(-1, |a| a as i64)),
+                Some(limit),
+            )
+            .await?;
         let Some(text) = text else {
             return Ok(Vec::new());
         };
@@ -293,12 +327,17 @@ impl SqliteStore {
     }
 
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
-        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select count(*) from chunks where job = {KEY} and state = 0"
-        )))
-        .bind(id.to_string())
-        .fetch_one(&mut *self.reader.acquire().await?)
-        .await?;
+        let count: i64 = self
+            .reader
+            .read_blocking(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "select count(*) from chunks
+                         where job = (select key from jobs where id = ?1) and state = 0",
+                    )?
+                    .query_row([id.to_string()], |row| row.get(0))?)
+            })
+            .await?;
         Ok(count as u64)
     }
 
@@ -316,12 +355,7 @@ impl SqliteStore {
         } else {
             DONE_CHUNKS
         };
-        let (text,): (Option<String>,) = sqlx::query_as(sql)
-            .bind(id.to_string())
-            .bind(from as i64)
-            .bind(limit)
-            .fetch_one(&mut *self.reader.acquire().await?)
-            .await?;
+        let text = self.text(sql, id, Some(from as i64), Some(limit)).await?;
         Ok(text.unwrap_or_default())
     }
 
@@ -332,29 +366,16 @@ impl SqliteStore {
         after: Option<u64>,
         limit: u32,
     ) -> Result<String> {
-        let (text,): (Option<String>,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select group_concat({ENTRY}, char(31) order by seq)
-             from (select start, size, failed, seq, outcomes from chunks
-                   where job = {KEY} and seq > ?2 order by seq limit +?3)"
-        )))
-        .bind(id.to_string())
-        .bind(after.map_or(-1, |a| a as i64))
-        .bind(limit)
-        .fetch_one(&mut *self.reader.acquire().await?)
-        .await?;
+        let after = after.map_or(-1, |a| a as i64);
+        let text = self
+            .text(COMPLETED_CHUNKS, id, Some(after), Some(limit))
+            .await?;
         Ok(text.unwrap_or_default())
     }
 
     /// Every done chunk's `(seq, size)`, in completion order (to resume a stream at a position).
     pub async fn completion_sizes(&self, id: JobId) -> Result<Vec<(u64, u64)>> {
-        let (text,): (Option<String>,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select group_concat(seq || ' ' || size, ',' order by seq)
-             from chunks where job = {KEY} and seq is not null"
-        )))
-        .bind(id.to_string())
-        .fetch_one(&mut *self.reader.acquire().await?)
-        .await?;
-        let Some(text) = text else {
+        let Some(text) = self.text(COMPLETION_SIZES, id, None, None).await? else {
             return Ok(Vec::new());
         };
         text.split(',')
@@ -367,10 +388,50 @@ impl SqliteStore {
             })
             .collect()
     }
+
+    /// The one text a query of chunks folds its rows into, on the blocking pool: the job's
+    /// id is ?1, then `from` (?2) and `limit` (?3) when given.
+    async fn text(
+        &self,
+        sql: &'static str,
+        id: JobId,
+        from: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Option<String>> {
+        self.reader
+            .read_blocking(move |conn| {
+                let mut query = conn.prepare_cached(sql)?;
+                let id = id.to_string();
+                let text = match (from, limit) {
+                    (Some(from), Some(limit)) => {
+                        query.query_row(params![id, from, limit], |row| row.get(0))
+                    }
+                    _ => query.query_row([id], |row| row.get(0)),
+                };
+                Ok(text?)
+            })
+            .await
+    }
 }
 
-/// A done chunk as `store::pages` reads it.
-const ENTRY: &str = "start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes";
+/// Queued chunks after item ?2, at most ?3, as `start size items` entries.
+const QUEUED_CHUNKS: &str =
+    "select group_concat(start || ' ' || size || ' ' || items, char(31) order by start)
+     from (select start, size, items from chunks
+           where job = (select key from jobs where id = ?1) and state = 0 and start > ?2
+           order by start limit +?3)";
+
+/// Done chunks recorded after the one of seq ?2, at most ?3, in completion order.
+const COMPLETED_CHUNKS: &str = "select group_concat(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, char(31) order by seq)
+     from (select start, size, failed, seq, outcomes from chunks
+           where job = (select key from jobs where id = ?1) and seq > ?2 order by seq limit +?3)";
+
+/// Every done chunk's `seq size`, in completion order.
+const COMPLETION_SIZES: &str = "select group_concat(seq || ' ' || size, ',' order by seq)
+     from chunks where job = (select key from jobs where id = ?1) and seq is not null";
+
+// The queries of done chunks fold them into one text of `start size failed seq outcomes`
+// entries, as `store::pages` reads it.
 
 /// Done chunks from the one holding item ?2 on (the anchor is found through the primary key).
 const DONE_CHUNKS: &str = "select group_concat(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, char(31) order by start)
@@ -395,28 +456,54 @@ fn now() -> OffsetDateTime {
 /// On start, before anything runs: a job whose upload was still open when poold stopped can
 /// never get the rest of its items (that connection is gone), so it fails and its queued
 /// chunks are dropped; the results of chunks that already ran stay readable.
-async fn fail_interrupted_uploads(conn: &mut sqlx::SqliteConnection) -> Result<()> {
-    let mut tx = conn.begin().await?;
-    sqlx::query(
+fn fail_interrupted_uploads(conn: &Connection) -> Result<()> {
+    conn.execute_batch("begin immediate")?;
+    conn.execute(
         "update chunks set state = 2 where state = 0 and job in
              (select key from jobs where ingesting = 1 and status in ('queued', 'running'))",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let failed = sqlx::query(
+        [],
+    )?;
+    let failed = conn.execute(
         "update jobs set status = 'failed', ingesting = 0, finished_at = ?1,
                 error = 'poold stopped while the job''s items were being uploaded'
          where ingesting = 1 and status in ('queued', 'running')",
-    )
-    .bind(format_time(now()))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    if failed.rows_affected() > 0 {
+        [format_time(now())],
+    )?;
+    conn.execute_batch("commit")?;
+    if failed > 0 {
         tracing::warn!(
-            jobs = failed.rows_affected(),
+            jobs = failed,
             "failed jobs whose upload was cut off by a restart"
         );
     }
     Ok(())
+}
+
+/// A connection to the database file: the writer's (`read_only` false) or a reader's. WAL
+/// with `synchronous = NORMAL` (a kill of poold loses nothing committed), foreign keys, a
+/// 10 s busy timeout; readers keep a small page cache each (they mostly read pages once).
+fn connection(path: &Path, read_only: bool) -> Result<Connection> {
+    use rusqlite::OpenFlags;
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    conn.pragma_update(None, "foreign_keys", true)?;
+    if read_only {
+        conn.pragma_update(None, "cache_size", -512)?;
+    } else {
+        let mode: String = conn.query_row("pragma journal_mode = wal", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Corrupt(format!(
+                "the database stays in journal mode {mode}"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "normal")?;
+    }
+    Ok(conn)
 }

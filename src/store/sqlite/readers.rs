@@ -1,104 +1,91 @@
 //! The read-only connections: a minimal pool, one query (or page) per checkout.
 //!
-//! sqlx's `SqlitePool` pings a connection before handing it out and again when it comes back.
-//! Each ping is a round trip to that connection's thread, so a one-row read cost three
-//! hand-offs instead of one. These connections are local files opened read-only, never in a
-//! transaction, and sqlx resets a statement whenever its row iterator ends (also when a query
-//! future is dropped midway), so a connection can simply be taken and put back.
+//! A read of one row (a job, a count) runs on the caller's thread ([`Readers::read`]): it
+//! takes microseconds, less than a hand-off to another thread would cost, and the long-poll
+//! of every one-item job makes one. A read of many rows (pages of results, a window of queued
+//! chunks, job lists) runs on tokio's blocking pool ([`Readers::read_blocking`]) so that a
+//! large page never holds up the async workers. The connections are local files opened
+//! read-only (WAL: a reader never waits for the writer) and never hold a transaction open, so
+//! one can simply be taken and put back.
 
-use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
 
-use super::Result;
+use super::{Error, Result, connection};
 
 pub struct Readers {
-    idle: Mutex<Vec<SqliteConnection>>,
+    idle: Mutex<Vec<Connection>>,
     /// One permit per idle connection; closed by [`Readers::close`].
-    permits: Semaphore,
-}
-
-/// A checked-out connection; goes back to the pool when dropped.
-pub struct Reader<'a> {
-    readers: &'a Readers,
-    conn: Option<SqliteConnection>,
-    _permit: SemaphorePermit<'a>,
+    permits: Arc<Semaphore>,
 }
 
 impl Readers {
-    pub async fn open(options: &SqliteConnectOptions, count: usize) -> Result<Self> {
-        // Readers mostly read pages once (a chunk's items, a page of results): a small page
-        // cache each is enough, and keeps the server's memory small (SQLite's default is 2 MiB).
-        let options = options.clone().pragma("cache_size", "-512");
-        let mut idle = Vec::with_capacity(count);
-        for _ in 0..count {
-            idle.push(options.connect().await?);
-        }
+    pub fn open(path: &Path, count: usize) -> Result<Self> {
+        let idle = (0..count)
+            .map(|_| connection(path, true))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             idle: Mutex::new(idle),
-            permits: Semaphore::new(count),
+            permits: Arc::new(Semaphore::new(count)),
         })
     }
 
-    /// Wait for a free connection. Fails once the pool is closed.
-    pub async fn acquire(&self) -> Result<Reader<'_>> {
+    /// Run a read of a row or two on this thread.
+    pub async fn read<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let _permit = self.permits.acquire().await.map_err(|_| Error::Closed)?;
+        let conn = self.take();
+        let result = read(&conn);
+        self.put(conn);
+        result
+    }
+
+    /// Run a read of many rows on the blocking pool.
+    pub async fn read_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        // The permit goes with the connection: if this future is dropped midway, the
+        // connection is still in use until the read ends.
         let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        let conn = self
-            .idle
+            .map_err(|_| Error::Closed)?;
+        let conn = self.take();
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = read(&conn);
+            readers.put(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("a database read panicked: {e}")))?
+    }
+
+    fn take(&self) -> Connection {
+        self.idle
             .lock()
             .expect("reader pool lock")
             .pop()
-            .expect("a permit means an idle connection");
-        Ok(Reader {
-            readers: self,
-            conn: Some(conn),
-            _permit: permit,
-        })
+            .expect("a permit means an idle connection")
+    }
+
+    /// Put a connection back (the permit is released after this, so an acquire always finds
+    /// one); once closed, it is dropped instead.
+    fn put(&self, conn: Connection) {
+        if !self.permits.is_closed() {
+            self.idle.lock().expect("reader pool lock").push(conn);
+        }
     }
 
     /// Refuse new reads and close the idle connections (busy ones close when put back).
-    pub async fn close(&self) {
+    pub fn close(&self) {
         self.permits.close();
-        let idle = std::mem::take(&mut *self.idle.lock().expect("reader pool lock"));
-        for conn in idle {
-            if let Err(e) = conn.close().await {
-                tracing::warn!(error = %e, "closing a database reader connection");
-            }
-        }
-    }
-}
-
-impl Deref for Reader<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        self.conn.as_ref().expect("present until dropped")
-    }
-}
-
-impl DerefMut for Reader<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.conn.as_mut().expect("present until dropped")
-    }
-}
-
-impl Drop for Reader<'_> {
-    fn drop(&mut self) {
-        let conn = self.conn.take().expect("present until dropped");
-        if !self.readers.permits.is_closed() {
-            self.readers
-                .idle
-                .lock()
-                .expect("reader pool lock")
-                .push(conn);
-        }
-        // The permit is released after this, so an acquire always finds the connection.
+        self.idle.lock().expect("reader pool lock").clear();
     }
 }

@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use super::Error;
 use crate::model::{Job, JobSpec};
 
-#[derive(sqlx::FromRow)]
+/// A row of `jobs`, read by column name (queries select `*`).
 pub struct JobRow {
     id: String,
     function: String,
@@ -50,6 +50,33 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, Error> {
 }
 
 impl JobRow {
+    pub fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get("id")?,
+            function: row.get("function")?,
+            kwargs: row.get("kwargs")?,
+            star: row.get("star")?,
+            chunksize: row.get("chunksize")?,
+            timeout_s: row.get("timeout_s")?,
+            max_attempts: row.get("max_attempts")?,
+            on_error: row.get("on_error")?,
+            priority: row.get("priority")?,
+            metadata: row.get("metadata")?,
+            codec: row.get("codec")?,
+            max_concurrency: row.get("max_concurrency")?,
+            status: row.get("status")?,
+            total: row.get("total")?,
+            ingesting: row.get("ingesting")?,
+            done: row.get("done")?,
+            failed: row.get("failed")?,
+            error: row.get("error")?,
+            created_at: row.get("created_at")?,
+            started_at: row.get("started_at")?,
+            finished_at: row.get("finished_at")?,
+            request_hash: row.get("request_hash")?,
+        })
+    }
+
     /// The hash of the request that created the job, when it had an `Idempotency-Key`.
     pub fn request_hash(&self) -> Option<&str> {
         self.request_hash.as_deref()

@@ -1,10 +1,11 @@
-//! The single writer: one task owns the one read-write connection and applies every write.
+//! The single writer: one thread owns the one read-write connection and applies every write.
 //!
 //! Callers send [`Op`]s over a channel, either waiting for the commit ([`Writer::call`]) or not
-//! ([`Writer::send`]: job starts and chunk records from the supervisor). The task takes all that
-//! are waiting (group commit) and applies them in one transaction (the SQL is in `ops`). Only
-//! after the commit does it answer the callers and call the commit hook with the jobs that
-//! changed: persist first, publish second.
+//! ([`Writer::send`]: job starts and chunk records from the supervisor). The thread takes all
+//! that are waiting (group commit) and applies them in one transaction (the SQL is in `ops`),
+//! driving SQLite directly: a statement costs no hand-off between threads, a batch costs one
+//! wake-up of this thread. Only after the commit does it answer the callers and call the
+//! commit hook with the jobs that changed: persist first, publish second.
 //!
 //! When a write fails, what happens depends on why (see [`is_storage_failure`]):
 //! - **The database cannot be written** (disk full, I/O error, read-only, locked): nothing is
@@ -19,17 +20,17 @@
 //!   again with every item failed as `unstorable_result`, so the job still ends.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use rusqlite::Connection;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
 
-use super::ops;
+use super::{connection, ops};
 use crate::model::{JobId, JobStatus};
 use crate::outcomes::ChunkOutcomes;
 use crate::protocol::PooldError;
@@ -127,7 +128,7 @@ struct Request {
 
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::Sender<Request>,
     /// Bytes of JSON sent and not yet applied (see [`Writer::backlog`]).
     backlog: Arc<AtomicUsize>,
     /// Why writes are failing, while they are.
@@ -135,15 +136,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the task on `conn`; `options` reopen it after a failure; `last_seq` is the
-    /// highest completion number recorded so far.
+    /// Start the thread on `conn`; `path` reopens it after a failure; `last_seq` is the
+    /// highest completion number recorded so far. The handle ends once every sender is gone.
     pub fn start(
-        conn: SqliteConnection,
-        options: SqliteConnectOptions,
+        conn: Connection,
+        path: PathBuf,
         on_commit: CommitHook,
         last_seq: u64,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let writer = Self {
             tx,
             backlog: Arc::default(),
@@ -151,7 +152,7 @@ impl Writer {
         };
         let task = Task {
             conn: Some(conn),
-            options,
+            path,
             rx,
             on_commit,
             backlog: writer.backlog.clone(),
@@ -161,7 +162,7 @@ impl Writer {
             retry_after: MIN_RETRY,
             next_seq: last_seq + 1,
         };
-        (writer, tokio::spawn(task.run()))
+        (writer, tokio::task::spawn_blocking(move || task.run()))
     }
 
     /// Bytes of items and results waiting for the writer (kept writes included). The channel
@@ -206,9 +207,9 @@ impl Writer {
 
 struct Task {
     /// None after a failure, until it is reopened.
-    conn: Option<SqliteConnection>,
-    options: SqliteConnectOptions,
-    rx: mpsc::UnboundedReceiver<Request>,
+    conn: Option<Connection>,
+    path: PathBuf,
+    rx: mpsc::Receiver<Request>,
     on_commit: CommitHook,
     backlog: Arc<AtomicUsize>,
     failure: Arc<Mutex<Option<String>>>,
@@ -223,15 +224,15 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self) {
-        while let Some(batch) = self.next_batch().await {
-            self.apply(batch).await;
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.apply(batch);
         }
         if !self.kept.is_empty() {
             // Shutting down: one last try, then the chunks of what is left run again after
             // the next start (they are still queued in the database).
             let batch = std::mem::take(&mut self.kept).into();
-            self.apply(batch).await;
+            self.apply(batch);
             if !self.kept.is_empty() {
                 tracing::error!(
                     writes = self.kept.len(),
@@ -241,7 +242,7 @@ impl Task {
             }
         }
         if let Some(conn) = self.conn.take()
-            && let Err(e) = conn.close().await
+            && let Err((_, e)) = conn.close()
         {
             tracing::warn!(error = %e, "closing the database writer connection");
         }
@@ -250,11 +251,14 @@ impl Task {
     /// The next batch: kept writes first (at their retry time; waited writes that arrive
     /// meanwhile are answered with the failure at once), then whatever is waiting. None when
     /// every sender is gone.
-    async fn next_batch(&mut self) -> Option<Vec<Request>> {
+    fn next_batch(&mut self) -> Option<Vec<Request>> {
         while !self.kept.is_empty() {
             let at = self.retry_at.unwrap_or_else(Instant::now);
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {
+            match self
+                .rx
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+            {
+                Err(RecvTimeoutError::Timeout) => {
                     let mut batch = Vec::new();
                     let mut bytes = 0;
                     while let Some(request) = self.kept.pop_front() {
@@ -266,11 +270,12 @@ impl Task {
                     }
                     return Some(batch);
                 }
-                request = self.rx.recv() => {
-                    let request = request?;
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Ok(request) => {
                     if request.reply.is_some() {
                         let failure = self.failure.lock().expect("writer failure").clone();
-                        let failure = failure.unwrap_or_else(|| "the database cannot be written".into());
+                        let failure =
+                            failure.unwrap_or_else(|| "the database cannot be written".into());
                         self.done(request, Err(storage_error(&failure)));
                     } else {
                         self.kept.push_back(request);
@@ -278,7 +283,7 @@ impl Task {
                 }
             }
         }
-        let first = self.rx.recv().await?;
+        let first = self.rx.recv().ok()?;
         let mut bytes = first.op.payload_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -290,8 +295,8 @@ impl Task {
     }
 
     /// Apply a batch in one transaction; on failure, see the module doc.
-    async fn apply(&mut self, batch: Vec<Request>) {
-        match self.try_apply(&batch).await {
+    fn apply(&mut self, batch: Vec<Request>) {
+        match self.try_apply(&batch) {
             Ok(outcomes) => self.applied(batch, outcomes),
             Err(e) if is_storage_failure(&e) => {
                 self.storage_failed(&e);
@@ -302,29 +307,28 @@ impl Task {
             }
             Err(e) if batch.len() == 1 => {
                 let request = batch.into_iter().next().expect("one request");
-                self.refused(request, e).await;
+                self.refused(request, e);
             }
             Err(e) => {
                 tracing::warn!(error = %e, ops = batch.len(), "write batch failed; applying its ops one by one");
                 for request in batch {
-                    Box::pin(self.apply(vec![request])).await;
+                    self.apply(vec![request]);
                 }
             }
         }
     }
 
-    async fn try_apply(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
+    fn try_apply(&mut self, batch: &[Request]) -> Result<Vec<Outcome>> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(self.options.connect().await?),
+            None => self.conn.insert(connection(&self.path, false)?),
         };
         let ops: Vec<&Op> = batch.iter().map(|r| &r.op).collect();
-        let applied = ops::apply_batch(conn, &ops, &mut self.next_seq).await;
+        let applied = ops::apply_batch(conn, &ops, &mut self.next_seq);
         if applied.is_err() {
-            // A failed commit can leave sqlx's transaction state wedged: start afresh.
-            if let Some(conn) = self.conn.take() {
-                let _ = conn.close().await;
-            }
+            // A failed commit (a full disk) can leave the connection in a state of its own:
+            // start afresh.
+            self.conn = None;
         }
         applied
     }
@@ -375,7 +379,7 @@ impl Task {
     /// A single write the database refused for its data. A waited one gets the error; a chunk
     /// record is recorded again with every item failed (and if even that is refused, its job
     /// fails), so that the job still ends; anything else is dropped (and logged).
-    async fn refused(&mut self, request: Request, e: Error) {
+    fn refused(&mut self, request: Request, e: Error) {
         tracing::error!(error = %e, job.id = ?request.op.job_id(), "database write refused");
         if request.reply.is_some() {
             return self.done(request, Err(e));
@@ -397,7 +401,7 @@ impl Task {
             self.backlog
                 .fetch_add(op.payload_bytes(), Ordering::Relaxed);
             let batch = vec![Request { op, reply: None }];
-            match self.try_apply(&batch).await {
+            match self.try_apply(&batch) {
                 Ok(outcomes) => return self.applied(batch, outcomes),
                 Err(e) if is_storage_failure(&e) => {
                     self.storage_failed(&e);
@@ -452,45 +456,21 @@ fn storage_error(message: &str) -> Error {
 /// read-only, locked, out of memory), as opposed to refusing this write's data. The first
 /// kind passes; the second does not.
 pub fn is_storage_failure(e: &Error) -> bool {
-    use sqlx::error::ErrorKind;
+    use rusqlite::ErrorCode;
     match e {
         Error::Storage { .. } | Error::WriterGone => true,
-        Error::Database(sqlx::Error::Database(db)) => {
-            // SQLite's primary result codes (the low byte of an extended code).
-            const BUSY: i32 = 5;
-            const LOCKED: i32 = 6;
-            const NOMEM: i32 = 7;
-            const READONLY: i32 = 8;
-            const IOERR: i32 = 10;
-            const CORRUPT: i32 = 11;
-            const FULL: i32 = 13;
-            const CANTOPEN: i32 = 14;
-            const PROTOCOL: i32 = 15;
-            let code = db
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map(|c| c & 0xff);
-            matches!(db.kind(), ErrorKind::Other)
-                && code.is_some_and(|c| {
-                    matches!(
-                        c,
-                        BUSY | LOCKED
-                            | NOMEM
-                            | READONLY
-                            | IOERR
-                            | CORRUPT
-                            | FULL
-                            | CANTOPEN
-                            | PROTOCOL
-                    )
-                })
-        }
-        Error::Database(
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::WorkerCrashed,
-        ) => true,
+        Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.code,
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::OutOfMemory
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::FileLockingProtocolFailed
+        ),
         _ => false,
     }
 }
