@@ -30,8 +30,9 @@ SEND_AFTER = 0.002
 SEQUENCE_SLICE = 4096
 #: How long an upload's socket may block (poold reads as fast as it stores).
 UPLOAD_TIMEOUT = 300.0
-#: Inputs that never make the upload wait, sent in slices.
-_SEQUENCES = (list, tuple, range)
+#: Inputs that never make the upload wait, sent in slices (and not paced: see
+#: ``poold.client``).
+SEQUENCES = (list, tuple, range)
 
 
 class Submission:
@@ -73,7 +74,7 @@ class Submission:
         self.answer = None
         self.done = threading.Event()
         threads = [(self._run, (iterable, codec), "poold-upload")]
-        if not isinstance(iterable, _SEQUENCES):  # only an iterator can keep the upload waiting
+        if not isinstance(iterable, SEQUENCES):  # only an iterator can keep the upload waiting
             threads.append((self._flush_stuck, (), "poold-upload-flush"))
         for target, args, name in threads:
             threading.Thread(target=target, args=args, daemon=True, name=name).start()
@@ -157,7 +158,7 @@ class Submission:
     def _run(self, iterable, codec):
         try:
             try:
-                if isinstance(iterable, _SEQUENCES):
+                if isinstance(iterable, SEQUENCES):
                     completed = self._feed_sequence(iterable, codec)
                 else:
                     completed = self._feed_iterator(iter(iterable), codec.item)

@@ -27,7 +27,7 @@ import weakref
 from ._codec import CODECS, Codec, function_name, take_apart
 from ._http import Http
 from ._jobs import AsyncResult, IMapIterator, ended_early
-from ._upload import Submission
+from ._upload import SEQUENCES, Submission
 from .errors import PooldError, remote_exception
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
@@ -40,8 +40,9 @@ _LONG_POLL = 30
 _MAX_AUTO_CHUNKSIZE = 1000
 #: poold's chunksize for an upload that names none (its length is unknown).
 _STREAM_CHUNKSIZE = 100
-#: The upload runs at most this many items ahead of the results taken (or 8 chunks per
-#: worker, if more).
+#: The upload of an iterator runs at most this many items ahead of the results taken (or 8
+#: chunks per worker, if more). A list, tuple or range is in memory already: it is sent whole,
+#: never paced (pacing it would only make the run wait on round trips, see ``_iterator``).
 _MIN_WINDOW = 4096
 _FINISHED = ("completed", "failed", "cancelled")
 
@@ -267,6 +268,12 @@ class Pool:
             spec["chunksize"] = chunksize
         per_chunk = chunksize or _STREAM_CHUNKSIZE
         window = max(_MIN_WINDOW, 8 * self._pool_size() * per_chunk)
+        if isinstance(iterable, SEQUENCES):
+            # Nothing to keep lazy, so no window: with one, each window's worth of items waits
+            # for the results of the one before (upload, store, dispatch, results over SSE),
+            # and poold stores an upload's items in batches of 64 chunks or after 50 ms, so a
+            # window of fewer chunks costs ~50 ms a round (map of 200,000: 2.4x as long).
+            window = max(window, length)
         submission = Submission(
             self._http, spec, iterable, codec, per_chunk, window, self._http.timeout
         )

@@ -1,6 +1,7 @@
-"""Streaming input: poold.Pool uploads an iterable while it is consumed, never more than a
-window ahead of the results taken; an input that raises at item k yields the results of
-items 0..k-1 and then its exception, and the job fails on the server with that reason."""
+"""Streaming input: poold.Pool uploads an iterable while it is consumed, an iterator never more
+than a window ahead of the results taken (a list or range whole at once); an input that raises
+at item k yields the results of items 0..k-1 and then its exception, and the job fails on the
+server with that reason."""
 
 import itertools
 import time
@@ -61,6 +62,17 @@ class StreamingTest(unittest.TestCase):
         self.assertLessEqual(job["done"], 3 * it.window + it.window)
         self.pool.terminate()  # stops the upload and cancels the job
         self.assertEqual(self.pool.job(it.job_id)["status"], "cancelled")
+
+    def test_a_list_or_range_is_uploaded_whole_without_waiting_for_results(self):
+        for items in (range(30_000), list(range(30_000))):
+            it = self.pool.imap(sdk_funcs.square, items, chunksize=100)
+            self.assertEqual(it.window, len(items))  # more than an iterator's window
+            # No result is taken, yet every item goes up and runs.
+            job = self.server.get(f"/v1/jobs/{it.job_id}?wait=20")
+            self.assertEqual(
+                (job["status"], job["total"], job["done"]), ("completed", 30_000, 30_000)
+            )
+            self.assertEqual(list(it)[-1], 29_999**2)
 
     def test_an_input_that_raises_at_item_k_yields_items_before_it_then_raises(self):
         it = self.pool.imap(sdk_funcs.square, broken(5, KeyError("input broke")), chunksize=2)
