@@ -271,8 +271,7 @@ class Pool:
         if isinstance(iterable, SEQUENCES):
             # Nothing to keep lazy, so no window: with one, each window's worth of items waits
             # for the results of the one before (upload, store, dispatch, results over SSE),
-            # and poold stores an upload's items in batches of 64 chunks or after 50 ms, so a
-            # window of fewer chunks costs ~50 ms a round (map of 200,000: 2.4x as long).
+            # a round trip per window that a run of a list would only wait on.
             window = max(window, length)
         submission = Submission(
             self._http, spec, iterable, codec, per_chunk, window, self._http.timeout

@@ -19,7 +19,7 @@ use std::io;
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio_util::codec::LinesCodecError;
 
@@ -130,21 +130,26 @@ async fn first_line(state: &AppState, lines: &mut Lines) -> Result<jobs::JobRequ
     Ok(request.into_request())
 }
 
-/// Read item lines to the end of the body into the upload, storing full chunks when they are
-/// due.
+/// Read item lines to the end of the body into the upload. Full chunks are stored whenever
+/// the client pauses (no line is ready), so workers start on what has arrived, and in
+/// batches while lines keep coming (see `jobs::Upload`).
 async fn read(state: &AppState, upload: &mut Upload, lines: &mut Lines) -> Result<Ended, ApiError> {
     let mut number = 1;
     loop {
-        let due = upload.flush_due();
-        let next = tokio::select! {
-            biased;
-            _ = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
-            next = lines.next() => next,
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                if !upload.flush().await? {
+        if state.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let next = match lines.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if upload.has_full() && !upload.flush().await? {
                     return Ok(Ended::JobFinished);
                 }
-                continue;
+                tokio::select! {
+                    biased;
+                    _ = state.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+                    next = lines.next() => next,
+                }
             }
         };
         let Some(line) = next else {

@@ -3,34 +3,27 @@
 //!
 //! The job is stored as soon as it is opened, with `ingesting` set (its total is not final and
 //! it cannot complete). Items are cut into chunks; full chunks are stored (and the supervisor
-//! told) in batches — at [`BATCH_CHUNKS`] chunks or a piece's worth of bytes, or once a full
-//! chunk has waited [`BATCH_WAIT`] for more ([`Upload::flush_due`]), so that workers start on
-//! a slow upload's first chunks at once. Memory is one batch plus one chunk, whatever the
-//! job's size. [`Upload::close`] stores the last chunk with the end of the upload in one
+//! told) in batches of at most [`BATCH_CHUNKS`] chunks or a piece's worth of bytes, and
+//! whenever the client pauses ([`Upload::flush`], called by the reader when no line is
+//! ready), so that workers start on what has arrived at once. Memory is one batch plus one
+//! chunk, whatever the job's size. [`Upload::close`] stores the last chunk with the end of the upload in one
 //! transaction; [`Upload::fail`] fails the job; [`Upload::stop`] is a client's own stop: what
 //! it sent runs, then the job fails with its reason.
 
-use std::time::Duration;
-
 use serde_json::value::RawValue;
-use tokio::time::Instant;
 
 use super::batch::{ChunkBatcher, PIECE_BYTES};
 use super::{Error, JobRequest, JobService, Result, spec};
 use crate::model::Job;
 use crate::store::NewJob;
 
-/// A batch is stored once it holds this many full chunks…
+/// A batch is stored once it holds this many full chunks (or a piece's worth of bytes).
 const BATCH_CHUNKS: u64 = 64;
-/// …or once a full chunk has waited this long for more items.
-const BATCH_WAIT: Duration = Duration::from_millis(50);
 
 pub struct Upload {
     service: JobService,
     job: Job,
     batcher: ChunkBatcher,
-    /// When the full chunks waiting are stored even if no more items come.
-    store_at: Option<Instant>,
 }
 
 impl JobService {
@@ -55,7 +48,6 @@ impl JobService {
             service: self.clone(),
             batcher: ChunkBatcher::new(job.spec.chunksize, false),
             job,
-            store_at: None,
         })
     }
 }
@@ -77,20 +69,16 @@ impl Upload {
             return Err(self.service.too_many_items());
         }
         spec::check_item(&self.job.spec, self.items(), item).map_err(Error::Invalid)?;
-        let had_full = self.batcher.has_full();
         self.batcher.push(item.get());
-        if !had_full && self.batcher.has_full() {
-            self.store_at = Some(Instant::now() + BATCH_WAIT);
-        }
         if self.batcher.full_bytes() >= PIECE_BYTES || self.batcher.full_chunks() >= BATCH_CHUNKS {
             return self.flush().await;
         }
         Ok(true)
     }
 
-    /// When full chunks have waited long enough to be stored without more items.
-    pub fn flush_due(&self) -> Option<Instant> {
-        self.store_at.filter(|_| self.batcher.has_full())
+    /// Whether full chunks wait to be stored.
+    pub fn has_full(&self) -> bool {
+        self.batcher.has_full()
     }
 
     /// Store the full chunks now. `Ok(false)` when the job ended meanwhile.
@@ -149,7 +137,6 @@ impl Upload {
     /// `Ok(false)` when the job has ended: nothing was stored.
     async fn store(&mut self, close: bool) -> Result<bool> {
         let piece = self.batcher.take_full();
-        self.store_at = None;
         let (json, chunks, items) = match piece {
             Some(piece) => (piece.json, piece.chunks, piece.items),
             None if close => ("[]".to_string(), 0, 0),
