@@ -42,6 +42,9 @@ const MAX_BATCH: usize = 1024;
 /// JSON at once, so this bounds the writer's memory however far behind it falls (larger
 /// batches measured no faster).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Batches that start with a chunk record are taken at most this often: while chunks are
+/// short, a commit costs more than the records it carries.
+const RECORD_INTERVAL: Duration = Duration::from_micros(250);
 /// Back-off between retries of kept writes while the database cannot be written.
 const MIN_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -160,6 +163,7 @@ impl Writer {
             kept: VecDeque::new(),
             retry_at: None,
             retry_after: MIN_RETRY,
+            last_records: Instant::now(),
             next_seq: last_seq + 1,
         };
         (writer, tokio::task::spawn_blocking(move || task.run()))
@@ -218,6 +222,8 @@ struct Task {
     kept: VecDeque<Request>,
     retry_at: Option<Instant>,
     retry_after: Duration,
+    /// When the last batch that started with a chunk record was taken.
+    last_records: Instant,
     /// The completion number the next recorded chunk gets (a number spent on a chunk that
     /// turns out recorded already is simply skipped: only the order matters).
     next_seq: u64,
@@ -284,6 +290,17 @@ impl Task {
             }
         }
         let first = self.rx.recv().ok()?;
+        if matches!(first.op, Op::RecordChunk { .. }) {
+            // Nobody waits for chunk records: while they come fast, they are taken at most
+            // every RECORD_INTERVAL, many to a transaction (writes that someone waits for may
+            // wait that long behind them).
+            let now = Instant::now();
+            let until = self.last_records + RECORD_INTERVAL;
+            if now < until {
+                std::thread::sleep(until - now);
+            }
+            self.last_records = Instant::now();
+        }
         let mut bytes = first.op.payload_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
