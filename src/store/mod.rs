@@ -12,16 +12,19 @@
 //! Writes that someone waits for (a new job, a cancel, a delete) answer once committed;
 //! the supervisor's job starts and chunk records are sent without waiting and committed in
 //! order. After each commit the store calls its [`CommitHook`] with the jobs that changed:
-//! persist first, publish second. Backends: [`sqlite`] (embedded, one machine).
+//! persist first, publish second; one writer ([`writer`]) does this for every backend.
+//! Backends: [`sqlite`] (embedded, one machine).
 
 mod pages;
+mod rows;
 pub mod sqlite;
+mod writer;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use pages::{CompletionCursor, ResultsPage};
-pub use sqlite::format_time;
+pub use rows::format_time;
 
 use crate::model::{Chunk, Job, JobId, JobStatus};
 use crate::outcomes::ChunkOutcomes;
@@ -39,7 +42,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database writer has stopped")]
     WriterGone,
-    /// The database cannot be written now (`full`: the disk is full); see `sqlite::writer`.
+    /// The database cannot be written now (`full`: the disk is full); see `store::writer`.
     #[error("the database cannot be written: {message}")]
     Storage { full: bool, message: String },
     #[error("corrupt row: {0}")]
