@@ -30,6 +30,8 @@ use writer::PgWriter;
 const READERS: u32 = 8;
 /// How long a read waits for a connection before it fails (503), e.g. while the server is down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for the server (container health checks give up after 3 s).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -68,12 +70,17 @@ impl PgStore {
         }
     }
 
+    /// For `/readyz`: answers within [`PING_TIMEOUT`] even while the server is out of reach
+    /// (other reads wait up to [`ACQUIRE_TIMEOUT`] for a connection).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("select 1")
-            .execute(&self.pool)
-            .await
-            .map_err(read_error)?;
-        Ok(())
+        let ping = sqlx::query("select 1").execute(&self.pool);
+        match tokio::time::timeout(PING_TIMEOUT, ping).await {
+            Ok(answered) => answered.map(drop).map_err(read_error),
+            Err(_) => Err(Error::Storage {
+                full: false,
+                message: format!("PostgreSQL did not answer within {PING_TIMEOUT:?}"),
+            }),
+        }
     }
 
     pub fn write_backlog(&self) -> usize {
