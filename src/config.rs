@@ -48,7 +48,7 @@ pub struct ServeArgs {
     pub bind: SocketAddr,
     /// The database: a SQLite file (created if missing) or a PostgreSQL URL
     /// (`postgres://USER@HOST:PORT/DB`).
-    #[arg(long, env = "POOLD_DATABASE", default_value = "poold.db")]
+    #[arg(long, env = "POOLD_DATABASE", default_value = "poold.db", value_parser = DatabaseParser)]
     pub database: DatabaseLocation,
     /// Worker processes [default: the number of CPUs].
     #[arg(long, env = "POOLD_WORKERS")]
@@ -110,6 +110,32 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "POOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Parses `--database` with errors that do not repeat the value (clap's own do: a URL may
+/// hold a password).
+#[derive(Clone)]
+struct DatabaseParser;
+
+impl clap::builder::TypedValueParser for DatabaseParser {
+    type Value = DatabaseLocation;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseLocation, clap::Error> {
+        use clap::error::ErrorKind;
+        let invalid = |kind, message: String| {
+            clap::Error::raw(kind, format!("invalid --database: {message}\n")).with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid(ErrorKind::InvalidUtf8, "it is not valid UTF-8".into()))?;
+        text.parse()
+            .map_err(|e| invalid(ErrorKind::ValueValidation, e))
+    }
 }
 
 impl ServeArgs {

@@ -16,8 +16,8 @@ mod writer;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
 
 use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
@@ -48,15 +48,19 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)?
             .application_name("poold")
             .disable_statement_logging();
+        // The writer's connection first: a server out of reach fails the start with the
+        // reason (the pool would only say it timed out).
+        let mut backend = PgWriter::connect(options.clone()).await?;
+        // Under the migrator's advisory lock (see the module doc).
+        sqlx::migrate!("./migrations-postgres")
+            .run(backend.connection())
+            .await?;
+        fail_interrupted_uploads(backend.connection()).await?;
         let pool = PgPoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await?;
-        // Under the migrator's advisory lock (see the module doc).
-        sqlx::migrate!("./migrations-postgres").run(&pool).await?;
-        fail_interrupted_uploads(&pool).await?;
-        let backend = PgWriter::connect(options).await?;
         let (writer, task) = Writer::start(backend, on_commit);
         Ok((Self { pool, writer }, task))
     }
@@ -431,8 +435,8 @@ fn read_error(e: sqlx::Error) -> Error {
 /// never get the rest of its items (that connection is gone), so it fails and its queued
 /// chunks are dropped; the results of chunks that already ran stay readable. (With several
 /// nodes, this must only touch the uploads of the node that restarted: issue 12's next step.)
-async fn fail_interrupted_uploads(pool: &PgPool) -> Result<()> {
-    let mut tx = pool.begin().await?;
+async fn fail_interrupted_uploads(conn: &mut PgConnection) -> Result<()> {
+    let mut tx = conn.begin().await?;
     sqlx::query(
         "update chunks set state = 2 where state = 0 and job in
              (select key from jobs where ingesting and status in ('queued', 'running'))",

@@ -36,6 +36,13 @@ impl PgWriter {
             runtime: Handle::current(),
         })
     }
+
+    /// The connection, before the writer starts (for the migrations at open).
+    pub fn connection(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("connected until the writer starts")
+    }
 }
 
 async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
