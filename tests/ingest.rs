@@ -372,8 +372,8 @@ async fn shutdown_during_an_upload_fails_the_job_and_does_not_hang(backend: Back
 
 on_both_stores! {
 async fn an_upload_cut_off_by_a_crash_is_failed_on_restart(backend: Backend) {
-    let mut app = TestApp::spawn_on(backend, &[]).await;
-    let db = app.db.clone();
+    let (_dir, db) = common::fresh_database(backend).await;
+    let mut app = TestApp::start(&db, &[]).await;
     let (lines, _response, id) = open_upload(&app).await;
     app.kill9();
     drop(lines);

@@ -34,7 +34,7 @@ pub enum Backend {
 /// one skips, saying why, where PostgreSQL is not installed; see [`postgres::available`]).
 #[macro_export]
 macro_rules! on_both_stores {
-    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend $(,)?) $body:block) => {
         $(#[$meta])*
         async fn $name($backend: $crate::common::Backend) $body
 
@@ -555,8 +555,34 @@ pub async fn sqlite_json(db: &Path, sql: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql} gave {text:?}: {e}"))
 }
 
-/// A stopped server's stored counters of a job: `{"status", "done", "failed", "total"}`.
+/// A database for [`TestApp::start`] on `backend` (to restart a server on it): a SQLite file
+/// in a temporary directory (keep the directory while the file is used), or a fresh
+/// PostgreSQL database.
+pub async fn fresh_database(backend: Backend) -> (Option<tempfile::TempDir>, PathBuf) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = dir.path().join("poold.db");
+            (Some(dir), db)
+        }
+        Backend::Postgres => (None, PathBuf::from(postgres::database_url().await)),
+    }
+}
+
+/// A stopped server's stored counters of a job: `{"status", "done", "failed", "total"}`
+/// (from either store).
 pub async fn stored_job(db: &Path, id: &str) -> Value {
+    if let Some(url) = db.to_str().filter(|d| d.starts_with("postgres://")) {
+        return postgres::query_json(
+            url,
+            &format!(
+                "select json_build_object('status', status, 'done', done, 'failed', failed,
+                                          'total', total)::text
+                 from jobs where id = '{id}'"
+            ),
+        )
+        .await;
+    }
     sqlite_json(
         db,
         &format!(

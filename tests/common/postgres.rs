@@ -338,3 +338,18 @@ fn remove_stale_directories() {
         }
     }
 }
+
+/// Run a query that returns one row of one text column holding JSON on the database at `url`,
+/// and parse it (like `sqlite_json`): what poold left stored.
+pub async fn query_json(url: &str, sql: &str) -> serde_json::Value {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the test database");
+    let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    conn.close().await.expect("close the test database");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql} gave {text:?}: {e}"))
+}
