@@ -127,8 +127,9 @@ impl Op {
 /// What a backend gives the writer: its connection and its SQL.
 pub trait Backend: Send + 'static {
     /// Apply `ops` in one transaction and commit; one outcome per op, or the first error
-    /// (the transaction is then rolled back). After an error the backend drops its connection
-    /// and opens a new one on the next call (a failed commit can leave a connection unusable).
+    /// (the transaction is then rolled back). After a storage failure the backend drops its
+    /// connection and opens a new one on the next call (a failed commit can leave a connection
+    /// unusable). Runs on the writer's own thread (not an async task): it may block.
     fn apply_batch(&mut self, ops: &[&Op]) -> Result<Vec<Outcome>>;
 
     /// Whether a write failed because the database cannot be written now (disk full, I/O

@@ -1,7 +1,8 @@
 //! The PostgreSQL side of the store's single writer (`store::writer`): one connection of its
 //! own (not from the read pool, so a burst of reads never holds up a commit), reconnected
-//! after a failure. The writer thread is a plain thread, so it drives sqlx's async API with
-//! the runtime's [`Handle::block_on`]; the SQL is in `ops`.
+//! after a failure. The writer thread is a plain thread (on tokio's blocking pool), so it
+//! drives sqlx's async API with the runtime's [`Handle::block_on`] (poold's runtime is the
+//! multi-threaded one, whose workers drive the I/O meanwhile); the SQL is in `ops`.
 
 use std::time::Duration;
 
