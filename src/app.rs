@@ -37,7 +37,7 @@ pub async fn run(
     let notify = events.clone();
     let (store, writer) = Store::open(&config.database, Box::new(move |jobs| notify.notify(jobs)))
         .await
-        .with_context(|| format!("cannot open database {}", config.database.display()))?;
+        .with_context(|| format!("cannot open database {}", config.database.redacted()))?;
     let pool_config = PoolConfig {
         size: config.pool_size(),
         command: config.worker_command()?,

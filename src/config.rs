@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::pool::WorkerCommand;
+pub use crate::store::DatabaseLocation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,9 +46,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "POOLD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// SQLite database file (created if missing).
-    #[arg(long, env = "POOLD_DATABASE", default_value = "poold.db")]
-    pub database: PathBuf,
+    /// The database: a SQLite file (created if missing) or a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB`).
+    #[arg(long, env = "POOLD_DATABASE", default_value = "poold.db", value_parser = DatabaseParser)]
+    pub database: DatabaseLocation,
     /// Worker processes [default: the number of CPUs].
     #[arg(long, env = "POOLD_WORKERS")]
     pub workers: Option<usize>,
@@ -108,6 +110,32 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "POOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Parses `--database` with errors that do not repeat the value (clap's own do: a URL may
+/// hold a password).
+#[derive(Clone)]
+struct DatabaseParser;
+
+impl clap::builder::TypedValueParser for DatabaseParser {
+    type Value = DatabaseLocation;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DatabaseLocation, clap::Error> {
+        use clap::error::ErrorKind;
+        let invalid = |kind, message: String| {
+            clap::Error::raw(kind, format!("invalid --database: {message}\n")).with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid(ErrorKind::InvalidUtf8, "it is not valid UTF-8".into()))?;
+        text.parse()
+            .map_err(|e| invalid(ErrorKind::ValueValidation, e))
+    }
 }
 
 impl ServeArgs {
@@ -249,5 +277,42 @@ pub struct HealthcheckArgs {
 impl HealthcheckArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout.max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseLocation;
+    use std::path::PathBuf;
+
+    #[test]
+    fn database_locations_are_a_sqlite_path_or_a_postgres_url() {
+        let parse = |s: &str| s.parse::<DatabaseLocation>();
+        assert_eq!(
+            parse("poold.db"),
+            Ok(DatabaseLocation::Sqlite(PathBuf::from("poold.db")))
+        );
+        assert_eq!(
+            parse("/data/poold.db"),
+            Ok(DatabaseLocation::Sqlite(PathBuf::from("/data/poold.db")))
+        );
+        let url = "postgres://poold@db.example:5432/poold";
+        assert_eq!(parse(url), Ok(DatabaseLocation::Postgres(url.into())));
+        assert!(parse("postgresql://u:secret@[::1]:5432/d?sslmode=disable").is_ok());
+        for bad in [
+            "postgres://poold@db.example:5432",
+            "postgres://poold@db.example:54x2/poold",
+            "postgres:///poold",
+            "mysql://poold@db/poold",
+            "",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let err = parse("postgres://u:secret@h:5432").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+        assert_eq!(
+            DatabaseLocation::Postgres("postgres://u:secret@h/d".into()).redacted(),
+            "postgres://u:***@h/d"
+        );
     }
 }

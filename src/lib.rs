@@ -5,7 +5,8 @@
 //! service (`jobs`), which owns the job lifecycle (submit, upload, cancel, delete, wait,
 //! admission) and is the one place that writes a job to the store and then tells the pool;
 //! readers of results (pages, SSE, NDJSON) go to the store directly. `store` is the storage
-//! interface (its backend, `store::sqlite`, the only code that knows SQLite); `pool` the only
+//! interface (its backends, `store::sqlite` and `store::postgres`, the only code that knows
+//! SQLite or PostgreSQL); `pool` the only
 //! module that spawns processes, recording each finished chunk through the store. `model`
 //! holds the domain types they share; `outcomes` a chunk's recorded outcomes (one value or
 //! error per item, validated once and stored as one row); `protocol` the worker protocol

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use common::TestApp;
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn the_api_token_guards_v1_and_leaves_health_open() {
-    let mut app = TestApp::spawn_with(&["--api-token", "s3cret token"]).await;
+on_both_stores! {
+async fn the_api_token_guards_v1_and_leaves_health_open(backend: Backend) {
+    let mut app = TestApp::spawn_on(backend, &["--api-token", "s3cret token"]).await;
     let anonymous = app.client.clone();
     let get = |client: &reqwest::Client, path: &str, token: Option<&str>| {
         let mut request = client.get(format!("{}{path}", app.url));
@@ -49,6 +49,7 @@ async fn the_api_token_guards_v1_and_leaves_health_open() {
         .await;
     assert_eq!(app.wait_job(&id).await["done"], 3);
 }
+}
 
 #[test]
 fn binding_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
@@ -72,9 +73,9 @@ fn binding_beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
     );
 }
 
-#[tokio::test]
-async fn beyond_max_queued_items_new_jobs_get_429_with_retry_after() {
-    let app = TestApp::spawn_with(&["--workers", "1", "--max-queued-items", "10"]).await;
+on_both_stores! {
+async fn beyond_max_queued_items_new_jobs_get_429_with_retry_after(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "1", "--max-queued-items", "10"]).await;
     let first = app
         .submit(json!({"function": "sleep", "items": vec![10; 8]}))
         .await;
@@ -101,10 +102,11 @@ async fn beyond_max_queued_items_new_jobs_get_429_with_retry_after() {
     app.submit(json!({"function": "square", "items": vec![1; 10]}))
         .await;
 }
+}
 
-#[tokio::test]
-async fn finished_jobs_are_deleted_after_the_retention_period() {
-    let app = TestApp::spawn_with(&["--retention", "1s"]).await;
+on_both_stores! {
+async fn finished_jobs_are_deleted_after_the_retention_period(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--retention", "1s"]).await;
     let finished = app
         .submit(json!({"function": "square", "items": [1, 2]}))
         .await;
@@ -129,4 +131,5 @@ async fn finished_jobs_are_deleted_after_the_retention_period() {
     assert_eq!(app.job(&running).await["status"], "running");
     assert_eq!(app.wait_job(&running).await["status"], "completed");
     assert_eq!(app.get(&format!("/v1/jobs/{running}")).await.status(), 200);
+}
 }

@@ -5,12 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{Backend, TestApp};
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn an_item_over_its_timeout_fails_as_timeout_and_its_worker_is_replaced() {
-    let app = TestApp::spawn_with(&["--workers", "1", "--kill-grace", "1"]).await;
+on_both_stores! {
+async fn an_item_over_its_timeout_fails_as_timeout_and_its_worker_is_replaced(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "1", "--kill-grace", "1"]).await;
     let before = app.worker_pids().await;
     let started = Instant::now();
     let id = app
@@ -43,10 +43,11 @@ async fn an_item_over_its_timeout_fails_as_timeout_and_its_worker_is_replaced() 
             .is_empty()
     );
 }
+}
 
-#[tokio::test]
-async fn a_slow_item_in_a_chunk_fails_alone() {
-    let app = TestApp::spawn_with(&["--kill-grace", "1"]).await;
+on_both_stores! {
+async fn a_slow_item_in_a_chunk_fails_alone(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--kill-grace", "1"]).await;
     let id = app
         .submit(json!({"function": "sleep", "items": [0.01, 30, 0.02, 0.03], "chunksize": 4, "timeout_s": 1}))
         .await;
@@ -64,10 +65,11 @@ async fn a_slow_item_in_a_chunk_fails_alone() {
     );
     assert_eq!(results[1]["error"]["type"], "timeout");
 }
+}
 
-#[tokio::test]
-async fn a_poison_item_fails_alone_and_the_other_nine_succeed() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_poison_item_fails_alone_and_the_other_nine_succeed(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let items = json!([0, 0, 0, 0, 9, 0, 0, 0, 0, 0]);
     let id = app
         .submit(json!({"function": "crash", "items": items, "chunksize": 10, "max_attempts": 2}))
@@ -109,6 +111,7 @@ async fn a_poison_item_fails_alone_and_the_other_nine_succeed() {
         "2 runs of the whole chunk and 2 of the poison piece kill workers: {pool}"
     );
 }
+}
 
 /// A Python worker whose functions misbehave on purpose: one leaves a grandchild behind and
 /// hangs, one allocates until its memory limit stops it, one names its process. Unlike the
@@ -139,18 +142,18 @@ for line in sys.stdin:
 "#;
 
 /// One worker running [`UNRULY_WORKER`], with extra `serve` flags; the directory holds it.
-async fn spawn_unruly(args: &[&str]) -> (tempfile::TempDir, TestApp) {
+async fn spawn_unruly(backend: Backend, args: &[&str]) -> (tempfile::TempDir, TestApp) {
     let dir = tempfile::tempdir().unwrap();
     let command = common::python_worker(dir.path(), "unruly.py", UNRULY_WORKER);
     let mut all = vec!["--workers", "1", "--worker-command", &command];
     all.extend_from_slice(args);
-    let app = TestApp::spawn_with(&all).await;
+    let app = TestApp::spawn_on(backend, &all).await;
     (dir, app)
 }
 
-#[tokio::test]
-async fn a_timed_out_worker_leaves_no_grandchild_behind() {
-    let (dir, app) = spawn_unruly(&["--kill-grace", "1"]).await;
+on_both_stores! {
+async fn a_timed_out_worker_leaves_no_grandchild_behind(backend: Backend) {
+    let (dir, app) = spawn_unruly(backend, &["--kill-grace", "1"]).await;
     let pidfile = dir.path().join("grandchild.pid");
     let id = app
         .submit(json!({"function": "spawn_and_hang", "items": [pidfile], "timeout_s": 1}))
@@ -169,10 +172,11 @@ async fn a_timed_out_worker_leaves_no_grandchild_behind() {
         "grandchild {grandchild} survived its worker's timeout"
     );
 }
+}
 
-#[tokio::test]
-async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory() {
-    let (_dir, app) = spawn_unruly(&["--worker-memory-mb", "300"]).await;
+on_both_stores! {
+async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory(backend: Backend) {
+    let (_dir, app) = spawn_unruly(backend, &["--worker-memory-mb", "300"]).await;
     let id = app
         .submit(json!({"function": "hog", "items": [1, 2000, 2], "chunksize": 3}))
         .await;
@@ -193,10 +197,11 @@ async fn a_worker_over_its_memory_limit_fails_the_item_as_out_of_memory() {
         "{message}"
     );
 }
+}
 
-#[tokio::test]
-async fn workers_are_recycled_after_max_tasks_per_worker() {
-    let (_dir, app) = spawn_unruly(&["--max-tasks-per-worker", "2"]).await;
+on_both_stores! {
+async fn workers_are_recycled_after_max_tasks_per_worker(backend: Backend) {
+    let (_dir, app) = spawn_unruly(backend, &["--max-tasks-per-worker", "2"]).await;
     let id = app
         .submit(json!({"function": "pid", "items": (0..10).collect::<Vec<_>>(), "chunksize": 1}))
         .await;
@@ -220,11 +225,12 @@ async fn workers_are_recycled_after_max_tasks_per_worker() {
     distinct.dedup();
     assert_eq!(distinct.len(), 5, "{pids:?}");
 }
+}
 
-#[tokio::test]
-async fn the_server_default_timeout_applies_to_jobs_without_one() {
+on_both_stores! {
+async fn the_server_default_timeout_applies_to_jobs_without_one(backend: Backend) {
     let app =
-        TestApp::spawn_with(&["--workers", "1", "--kill-grace", "1", "--task-timeout", "1"]).await;
+        TestApp::spawn_on(backend, &["--workers", "1", "--kill-grace", "1", "--task-timeout", "1"]).await;
     let id = app
         .submit(json!({"function": "sleep", "items": [30, 0.01]}))
         .await;
@@ -239,10 +245,11 @@ async fn the_server_default_timeout_applies_to_jobs_without_one() {
         .await;
     assert_eq!(app.wait_job(&id).await["failed"], 0);
 }
+}
 
-#[tokio::test]
-async fn a_worker_killed_mid_chunk_is_replaced_and_the_chunk_retried() {
-    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+on_both_stores! {
+async fn a_worker_killed_mid_chunk_is_replaced_and_the_chunk_retried(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "1"]).await;
     let items = vec![0.2; 10];
     let id = app
         .submit(json!({"function": "sleep", "items": items, "chunksize": 10, "max_attempts": 2}))
@@ -264,10 +271,11 @@ async fn a_worker_killed_mid_chunk_is_replaced_and_the_chunk_retried() {
     let now = app.wait_workers("idle").await;
     assert_ne!(now, vec![victim], "the killed worker was replaced");
 }
+}
 
-#[tokio::test]
-async fn a_chunk_that_keeps_killing_workers_fails_with_the_exit_and_stderr() {
-    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+on_both_stores! {
+async fn a_chunk_that_keeps_killing_workers_fails_with_the_exit_and_stderr(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "1"]).await;
     let id = app
         .submit(json!({"function": "crash", "items": [7], "max_attempts": 2}))
         .await;
@@ -284,4 +292,5 @@ async fn a_chunk_that_keeps_killing_workers_fails_with_the_exit_and_stderr() {
         pool["workers"][0]["restarts"].as_u64().unwrap() >= 2,
         "{pool}"
     );
+}
 }

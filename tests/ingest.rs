@@ -62,9 +62,9 @@ async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T
     }
 }
 
-#[tokio::test]
-async fn results_are_recorded_while_a_slow_upload_is_still_open() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn results_are_recorded_while_a_slow_upload_is_still_open(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let (lines, response) = start_upload(&app);
     send(&lines, json!({"function": "square", "chunksize": 1})).await;
     for i in 0..3 {
@@ -124,10 +124,11 @@ async fn results_are_recorded_while_a_slow_upload_is_still_open() {
         .collect();
     assert_eq!(results, expected);
 }
+}
 
-#[tokio::test]
-async fn a_malformed_line_mid_stream_is_named_and_leaves_no_runnable_job() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_malformed_line_mid_stream_is_named_and_leaves_no_runnable_job(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let (lines, response) = start_upload(&app);
     send(&lines, json!({"function": "sleep", "chunksize": 1})).await;
     for _ in 0..3 {
@@ -182,10 +183,11 @@ async fn a_malformed_line_mid_stream_is_named_and_leaves_no_runnable_job() {
     assert_eq!(pool["queued_chunks"], 0);
     assert!(app.job(&ids[0]).await["done"].as_u64().unwrap() <= 3);
 }
+}
 
-#[tokio::test]
-async fn the_items_limit_applies_to_streams_and_names_the_line() {
-    let app = TestApp::spawn_with(&["--max-items-per-job", "3"]).await;
+on_both_stores! {
+async fn the_items_limit_applies_to_streams_and_names_the_line(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--max-items-per-job", "3"]).await;
     let body = "{\"function\": \"square\"}\n1\n2\n3\n4\n5\n";
     let (status, problem) = post_ndjson(&app, body).await;
     assert_eq!(status, 413, "{problem}");
@@ -204,10 +206,11 @@ async fn the_items_limit_applies_to_streams_and_names_the_line() {
     let job = app.wait_job(job["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "completed");
 }
+}
 
-#[tokio::test]
-async fn bad_first_lines_are_refused_without_creating_a_job() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn bad_first_lines_are_refused_without_creating_a_job(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     for (body, expected) in [
         ("", "line 1"),
         ("{\"function\": \"square\", \"items\": [1]}\n2\n", "items"),
@@ -241,10 +244,11 @@ async fn bad_first_lines_are_refused_without_creating_a_job() {
     assert_eq!(response.status(), 400);
     assert!(job_ids(&app).await.is_empty());
 }
+}
 
-#[tokio::test]
-async fn streamed_items_are_checked_and_an_empty_stream_completes_at_once() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn streamed_items_are_checked_and_an_empty_stream_completes_at_once(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let (status, job) = post_ndjson(&app, "{\"function\": \"square\"}\n\n").await;
     assert_eq!(status, 201, "{job}");
     assert_eq!(
@@ -280,10 +284,11 @@ async fn streamed_items_are_checked_and_an_empty_stream_completes_at_once() {
         .collect();
     assert_eq!(values, vec![json!(3), json!(7), json!(11)]);
 }
+}
 
-#[tokio::test]
-async fn a_job_cancelled_during_its_upload_stops_taking_items() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_job_cancelled_during_its_upload_stops_taking_items(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let (lines, response) = start_upload(&app);
     send(&lines, json!({"function": "square", "chunksize": 1})).await;
     send(&lines, 1).await;
@@ -309,6 +314,7 @@ async fn a_job_cancelled_during_its_upload_stops_taking_items() {
     assert!(job["total"].as_u64().unwrap() <= 1, "{job}");
     assert_eq!(app.pool().await["queued_chunks"], 0);
 }
+}
 
 /// Start an upload of a few items and return the job's id once it is listed.
 async fn open_upload(app: &TestApp) -> (Lines, JoinHandle<reqwest::Response>, String) {
@@ -324,9 +330,9 @@ async fn open_upload(app: &TestApp) -> (Lines, JoinHandle<reqwest::Response>, St
     (lines, response, id)
 }
 
-#[tokio::test]
-async fn a_client_that_breaks_off_its_upload_leaves_a_failed_job() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_client_that_breaks_off_its_upload_leaves_a_failed_job(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let (lines, response, id) = open_upload(&app).await;
     lines
         .send(Err(std::io::Error::other("the client gave up")))
@@ -342,10 +348,11 @@ async fn a_client_that_breaks_off_its_upload_leaves_a_failed_job() {
         (Some(2), Some(2))
     );
 }
+}
 
-#[tokio::test]
-async fn shutdown_during_an_upload_fails_the_job_and_does_not_hang() {
-    let mut app = TestApp::spawn().await;
+on_both_stores! {
+async fn shutdown_during_an_upload_fails_the_job_and_does_not_hang(backend: Backend) {
+    let mut app = TestApp::spawn_on(backend, &[]).await;
     let (lines, response, id) = open_upload(&app).await;
     let status = app.terminate(); // bounded: panics if poold does not exit in time
     assert!(status.success(), "{status:?}");
@@ -361,11 +368,11 @@ async fn shutdown_during_an_upload_fails_the_job_and_does_not_hang() {
         "{job}"
     );
 }
+}
 
-#[tokio::test]
-async fn an_upload_cut_off_by_a_crash_is_failed_on_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("poold.db");
+on_both_stores! {
+async fn an_upload_cut_off_by_a_crash_is_failed_on_restart(backend: Backend) {
+    let (_dir, db) = common::fresh_database(backend).await;
     let mut app = TestApp::start(&db, &[]).await;
     let (lines, _response, id) = open_upload(&app).await;
     app.kill9();
@@ -385,4 +392,5 @@ async fn an_upload_cut_off_by_a_crash_is_failed_on_restart() {
         2,
         "recorded results stay readable"
     );
+}
 }

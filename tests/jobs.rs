@@ -16,9 +16,9 @@ fn assert_indices_in_order(results: &[Value], expected: std::ops::Range<u64>) {
     assert_eq!(indices, expected.collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn square_over_1000_items_in_order_from_results_and_events() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn square_over_1000_items_in_order_from_results_and_events(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(
             json!({"function": "square", "items": (0..1000).collect::<Vec<_>>(), "chunksize": 7}),
@@ -80,10 +80,11 @@ async fn square_over_1000_items_in_order_from_results_and_events() {
     );
     assert!(job["started_at"].is_string() && job["finished_at"].is_string());
 }
+}
 
-#[tokio::test]
-async fn kwargs_like_partial_and_star_like_starmap() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn kwargs_like_partial_and_star_like_starmap(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let pow = app
         .submit(json!({"function": "pow", "items": [1, 2, 3], "kwargs": {"exp": 3}}))
         .await;
@@ -109,10 +110,11 @@ async fn kwargs_like_partial_and_star_like_starmap() {
     let job = app.job(&pow).await;
     assert_eq!(job["kwargs"], json!({"exp": 3}));
 }
+}
 
-#[tokio::test]
-async fn item_errors_under_continue_complete_the_job() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn item_errors_under_continue_complete_the_job(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(json!({"function": "fail", "items": ["boom"], "metadata": {"team": "x"}}))
         .await;
@@ -146,10 +148,11 @@ async fn item_errors_under_continue_complete_the_job() {
     );
     assert_eq!(results[1]["error"]["type"], "TypeError");
 }
+}
 
-#[tokio::test]
-async fn fail_fast_fails_the_job_and_skips_remaining_chunks() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn fail_fast_fails_the_job_and_skips_remaining_chunks(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let items: Vec<String> = (0..200).map(|i| format!("bad {i}")).collect();
     let id = app
         .submit(
@@ -174,10 +177,11 @@ async fn fail_fast_fails_the_job_and_skips_remaining_chunks() {
         .await;
     assert_eq!(app.wait_job(&next).await["status"], "completed");
 }
+}
 
-#[tokio::test]
-async fn bad_requests_are_problem_documents() {
-    let app = TestApp::spawn_with(&["--max-body-bytes", "2000"]).await;
+on_both_stores! {
+async fn bad_requests_are_problem_documents(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--max-body-bytes", "2000"]).await;
     let post_raw = |body: &'static str| {
         app.client
             .post(format!("{}/v1/jobs", app.url))
@@ -283,10 +287,11 @@ async fn bad_requests_are_problem_documents() {
         );
     }
 }
+}
 
-#[tokio::test]
-async fn sse_resumes_after_last_event_id_without_gap_or_duplicate() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn sse_resumes_after_last_event_id_without_gap_or_duplicate(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(
             json!({"function": "echo", "items": (0..1000).collect::<Vec<_>>(), "chunksize": 13}),
@@ -307,10 +312,11 @@ async fn sse_resumes_after_last_event_id_without_gap_or_duplicate() {
         .collect();
     assert_indices_in_order(&results, 998..1000);
 }
+}
 
-#[tokio::test]
-async fn completion_order_and_progress_only_streams() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn completion_order_and_progress_only_streams(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(
             json!({"function": "square", "items": (0..300).collect::<Vec<_>>(), "chunksize": 10}),
@@ -339,10 +345,11 @@ async fn completion_order_and_progress_only_streams() {
     assert_eq!(events.last().unwrap().event, "end");
     assert_eq!(events.iter().rev().nth(1).unwrap().data["done"], 300);
 }
+}
 
-#[tokio::test]
-async fn cancel_stops_running_workers_and_the_pool_goes_on() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn cancel_stops_running_workers_and_the_pool_goes_on(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(json!({"function": "sleep", "items": vec![30; 20], "chunksize": 1}))
         .await;
@@ -377,10 +384,11 @@ async fn cancel_stops_running_workers_and_the_pool_goes_on() {
         .unwrap();
     assert_eq!(again["status"], "cancelled");
 }
+}
 
-#[tokio::test]
-async fn a_crashing_worker_is_replaced_and_other_jobs_are_unaffected() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_crashing_worker_is_replaced_and_other_jobs_are_unaffected(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let before = app.worker_pids().await;
     let other = app
         .submit(
@@ -428,10 +436,11 @@ async fn a_crashing_worker_is_replaced_and_other_jobs_are_unaffected() {
             >= 1
     );
 }
+}
 
-#[tokio::test]
-async fn small_job_is_not_stuck_behind_a_big_one() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn small_job_is_not_stuck_behind_a_big_one(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let big = app
         .submit(json!({"function": "sleep", "items": vec![0.002; 5000], "chunksize": 5}))
         .await;
@@ -448,10 +457,11 @@ async fn small_job_is_not_stuck_behind_a_big_one() {
     assert!(big_job["done"].as_u64().unwrap() < 5000);
     app.post(&format!("/v1/jobs/{big}/cancel")).await;
 }
+}
 
-#[tokio::test]
-async fn priority_runs_first() {
-    let app = TestApp::spawn_with(&["--workers", "1"]).await;
+on_both_stores! {
+async fn priority_runs_first(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "1"]).await;
     let blocker = app
         .submit(json!({"function": "sleep", "items": [0.3, 0.3, 0.3], "chunksize": 1}))
         .await;
@@ -469,10 +479,11 @@ async fn priority_runs_first() {
     );
     app.wait_job(&blocker).await;
 }
+}
 
-#[tokio::test]
-async fn long_poll_list_delete_and_empty_jobs() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn long_poll_list_delete_and_empty_jobs(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let slow = app
         .submit(json!({"function": "sleep", "items": [0.5]}))
         .await;
@@ -567,10 +578,11 @@ async fn long_poll_list_delete_and_empty_jobs() {
         404
     );
 }
+}
 
-#[tokio::test]
-async fn pool_close_open_functions_health_and_docs() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn pool_close_open_functions_health_and_docs(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let closed: Value = app.post("/v1/pool/close").await.json().await.unwrap();
     assert_eq!(closed["accepting"], false);
     let response = app
@@ -631,10 +643,11 @@ async fn pool_close_open_functions_health_and_docs() {
         "/docs serves the Swagger UI"
     );
 }
+}
 
-#[tokio::test]
-async fn idempotency_key_returns_the_same_job_for_the_same_body() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn idempotency_key_returns_the_same_job_for_the_same_body(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let post = |key: &'static str, body: Value| {
         app.client
             .post(format!("{}/v1/jobs", app.url))
@@ -679,10 +692,11 @@ async fn idempotency_key_returns_the_same_job_for_the_same_body() {
         "the repeat created no job"
     );
 }
+}
 
-#[tokio::test]
-async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let long = app
         .submit(json!({"function": "sleep", "items": [30]}))
         .await;
@@ -702,10 +716,11 @@ async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free() {
         200
     );
 }
+}
 
-#[tokio::test]
-async fn numbers_come_back_exactly_as_sent() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn numbers_come_back_exactly_as_sent(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     // Floats whose shortest form needs 17 digits, integers beyond 2^53, big exponents.
     let items = r#"[0.0010040000000000001, 0.30000000000000004, 9007199254740993, -1e-300, 1.7976931348623157e308, 5e-324]"#;
     let body = format!(r#"{{"function": "echo", "items": {items}}}"#);
@@ -736,10 +751,11 @@ async fn numbers_come_back_exactly_as_sent() {
         ]
     );
 }
+}
 
-#[tokio::test]
-async fn one_poold_is_one_node_running_every_worker() {
-    let app = TestApp::spawn_with(&["--workers", "2", "--node-name", "node-a"]).await;
+on_both_stores! {
+async fn one_poold_is_one_node_running_every_worker(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &["--workers", "2", "--node-name", "node-a"]).await;
     app.wait_workers("idle").await;
     let response = app.get("/v1/nodes").await;
     assert_eq!(response.status(), 200);
@@ -762,7 +778,7 @@ async fn one_poold_is_one_node_running_every_worker() {
     assert!(workers.iter().all(|w| w["node"] == id), "{pool}");
 
     // Without --node-name: the host name and the port.
-    let unnamed = TestApp::spawn().await;
+    let unnamed = TestApp::spawn_on(backend, &[]).await;
     let nodes: Value = unnamed.get("/v1/nodes").await.json().await.unwrap();
     let port = unnamed.url.rsplit(':').next().unwrap();
     let name = nodes["nodes"][0]["name"].as_str().unwrap();
@@ -770,6 +786,7 @@ async fn one_poold_is_one_node_running_every_worker() {
         name.ends_with(&format!(":{port}")) && name.len() > port.len() + 1,
         "{name}"
     );
+}
 }
 
 fn uuid_like(text: &str) -> bool {

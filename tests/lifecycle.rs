@@ -8,9 +8,9 @@ use std::time::Duration;
 use common::{TestApp, wait_dead};
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn sigterm_exits_zero_and_leaves_no_worker() {
-    let mut app = TestApp::spawn().await;
+on_both_stores! {
+async fn sigterm_exits_zero_and_leaves_no_worker(backend: Backend) {
+    let mut app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(json!({"function": "sleep", "items": vec![0.05; 40], "chunksize": 1}))
         .await;
@@ -42,10 +42,11 @@ async fn sigterm_exits_zero_and_leaves_no_worker() {
         .collect();
     assert_eq!(indices, (0..40).collect::<Vec<_>>());
 }
+}
 
-#[tokio::test]
-async fn workers_exit_by_themselves_when_poold_is_killed() {
-    let mut app = TestApp::spawn().await;
+on_both_stores! {
+async fn workers_exit_by_themselves_when_poold_is_killed(backend: Backend) {
+    let mut app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(
             json!({"function": "square", "items": (0..500).collect::<Vec<_>>(), "chunksize": 1}),
@@ -77,10 +78,11 @@ async fn workers_exit_by_themselves_when_poold_is_killed() {
             .all(|(i, r)| r["index"] == i && r["value"] == i * i)
     );
 }
+}
 
-#[tokio::test]
-async fn during_the_shutdown_drain_new_jobs_get_503_and_running_chunks_finish() {
-    let mut app = TestApp::spawn().await;
+on_both_stores! {
+async fn during_the_shutdown_drain_new_jobs_get_503_and_running_chunks_finish(backend: Backend) {
+    let mut app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(json!({"function": "sleep", "items": vec![1.0; 6], "chunksize": 1}))
         .await;
@@ -122,11 +124,11 @@ async fn during_the_shutdown_drain_new_jobs_get_503_and_running_chunks_finish() 
         (Some("completed"), Some(6))
     );
 }
+}
 
-#[tokio::test]
-async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("poold.db");
+on_both_stores! {
+async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_once(backend: Backend) {
+    let (_dir, db) = common::fresh_database(backend).await;
     let mut app = TestApp::start(&db, &[]).await;
     let total = 2000;
     let id = app
@@ -176,17 +178,18 @@ async fn a_job_survives_repeated_kill_9_of_the_server_with_every_item_recorded_o
     assert_eq!(indices, (0..total as u64).collect::<Vec<_>>());
     assert!(results.iter().all(|r| r["value"] == 0.003));
 }
+}
 
 /// Item `i` of the job killed under: every 50th from 17 on is not a number (an item error).
 fn bad_item(i: u64) -> bool {
     i % 50 == 17
 }
 
-#[tokio::test]
-async fn after_kill_9_a_job_with_item_errors_completes_with_each_result_once_and_ended_jobs_stay_ended()
- {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("poold.db");
+on_both_stores! {
+async fn after_kill_9_a_job_with_item_errors_completes_with_each_result_once_and_ended_jobs_stay_ended(
+    backend: Backend,
+) {
+    let (_dir, db) = common::fresh_database(backend).await;
     let mut app = TestApp::start(&db, &[]).await;
 
     // Two jobs that end before the kill: one cancelled mid-run, one failed by fail_fast.
@@ -312,4 +315,5 @@ async fn after_kill_9_a_job_with_item_errors_completes_with_each_result_once_and
         );
         assert_eq!(&app.results(id).await, results);
     }
+}
 }

@@ -123,9 +123,9 @@ async fn walk(
     panic!("more than 100 pages");
 }
 
-#[tokio::test]
-async fn result_pages_with_boundaries_inside_chunks_give_every_item_once() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn result_pages_with_boundaries_inside_chunks_give_every_item_once(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let id = app
         .submit(json!({"function": "square", "items": square_items(), "chunksize": 7}))
         .await;
@@ -175,10 +175,11 @@ async fn result_pages_with_boundaries_inside_chunks_give_every_item_once() {
         assert_eq!(problem["code"], "invalid_request", "{bad}: {problem}");
     }
 }
+}
 
-#[tokio::test]
-async fn completion_order_differs_from_index_order_and_resumes_after_last_event_id() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn completion_order_differs_from_index_order_and_resumes_after_last_event_id(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     // Item 0 keeps one worker for 1.5 s; the other runs items 1..9 one after the other
     // (0.05 s each is too long to pipeline), so item 0 comes last.
     let mut items = vec![json!(1.5)];
@@ -265,6 +266,7 @@ async fn completion_order_differs_from_index_order_and_resumes_after_last_event_
         );
     }
 }
+}
 
 /// Wait until at least `n` of a job's items have a result (bounded).
 async fn wait_done(app: &TestApp, id: &str, n: u64) -> Value {
@@ -288,9 +290,9 @@ fn ndjson_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn streams_of_2500_results_of_a_running_job_end_with_the_job() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn streams_of_2500_results_of_a_running_job_end_with_the_job(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     let total = 2500u64;
     // Distinct values, so that every result can be told from every other (short decimals:
     // poold's JSON parsing does not round-trip every float to the last bit).
@@ -385,10 +387,11 @@ async fn streams_of_2500_results_of_a_running_job_end_with_the_job() {
     let after = app.results_ndjson(&id).await.text().await.unwrap();
     assert_eq!(ndjson_lines(&after), at_end);
 }
+}
 
-#[tokio::test]
-async fn a_job_cancelled_mid_run_keeps_its_recorded_results_and_its_streams_skip_the_gaps() {
-    let app = TestApp::spawn().await;
+on_both_stores! {
+async fn a_job_cancelled_mid_run_keeps_its_recorded_results_and_its_streams_skip_the_gaps(backend: Backend) {
+    let app = TestApp::spawn_on(backend, &[]).await;
     // Chunks of 7; chunk 1 (items 7..14) hangs one worker while the other runs the rest.
     let items: Vec<f64> = (0..140)
         .map(|i| if (7..14).contains(&i) { 30.0 } else { 0.01 })
@@ -482,4 +485,5 @@ async fn a_job_cancelled_mid_run_keeps_its_recorded_results_and_its_streams_skip
     let mut sorted = event_indices(&unordered);
     sorted.sort();
     assert_eq!(sorted, recorded);
+}
 }

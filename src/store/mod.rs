@@ -12,16 +12,22 @@
 //! Writes that someone waits for (a new job, a cancel, a delete) answer once committed;
 //! the supervisor's job starts and chunk records are sent without waiting and committed in
 //! order. After each commit the store calls its [`CommitHook`] with the jobs that changed:
-//! persist first, publish second. Backends: [`sqlite`] (embedded, one machine).
+//! persist first, publish second; one writer ([`writer`]) does this for every backend.
+//! Backends: [`sqlite`] (embedded, one machine) and [`postgres`] (a database server; one node
+//! today, several nodes sharing it later), chosen by [`DatabaseLocation`].
 
+mod location;
 mod pages;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
+mod writer;
 
-use std::path::Path;
 use std::time::Duration;
 
+pub use location::DatabaseLocation;
 pub use pages::{CompletionCursor, ResultsPage};
-pub use sqlite::format_time;
+pub use rows::format_time;
 
 use crate::model::{Chunk, Job, JobId, JobStatus};
 use crate::outcomes::ChunkOutcomes;
@@ -39,7 +45,7 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database writer has stopped")]
     WriterGone,
-    /// The database cannot be written now (`full`: the disk is full); see `sqlite::writer`.
+    /// The database cannot be written now (`full`: the disk is full); see `store::writer`.
     #[error("the database cannot be written: {message}")]
     Storage { full: bool, message: String },
     #[error("corrupt row: {0}")]
@@ -93,6 +99,7 @@ pub struct ChunkRecord {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Run `$body` with `$store` bound to the backend.
@@ -100,19 +107,28 @@ macro_rules! backend {
     ($self:expr, $store:ident => $body:expr) => {
         match $self {
             Store::Sqlite($store) => $body,
+            Store::Postgres($store) => $body,
         }
     };
 }
 
 impl Store {
-    /// Open (creating if needed) the database at `location`, apply migrations and start the
-    /// writer. The task handle ends once every clone of the store is dropped.
+    /// Open the database at `location` (a SQLite file is created if needed), apply migrations
+    /// and start the writer. The task handle ends once every clone of the store is dropped.
     pub async fn open(
-        location: &Path,
+        location: &DatabaseLocation,
         on_commit: CommitHook,
     ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
-        let (store, task) = sqlite::SqliteStore::open(location, on_commit).await?;
-        Ok((Self::Sqlite(store), task))
+        Ok(match location {
+            DatabaseLocation::Sqlite(path) => {
+                let (store, task) = sqlite::SqliteStore::open(path, on_commit).await?;
+                (Self::Sqlite(store), task)
+            }
+            DatabaseLocation::Postgres(url) => {
+                let (store, task) = postgres::PgStore::open(url, on_commit).await?;
+                (Self::Postgres(store), task)
+            }
+        })
     }
 
     /// Stop reading (at shutdown); the writer stops once every clone is dropped.

@@ -1,6 +1,10 @@
 //! Test fixture: starts the real `poold` binary on a free loopback port with a temporary
-//! SQLite file and real worker processes, and talks to it over HTTP. One method per endpoint.
+//! SQLite file (or a fresh PostgreSQL database, [`postgres`]) and real worker processes, and
+//! talks to it over HTTP. One method per endpoint. [`on_both_stores!`] runs a test against
+//! each backend.
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,10 +22,43 @@ pub fn bin() -> String {
     std::env::var("POOLD_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
+/// The store a test's server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Turn `async fn name(backend: Backend) { … }` into the function and a module `name` of two
+/// tests, `name::sqlite` and `name::postgres`, that run it against each store (the PostgreSQL
+/// one skips, saying why, where PostgreSQL is not installed; see [`postgres::available`]).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend $(,)?) $body:block) => {
+        $(#[$meta])*
+        async fn $name($backend: $crate::common::Backend) $body
+
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::common::postgres::available() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
+
 pub struct TestApp {
     pub url: String,
     pub client: reqwest::Client,
     pub child: Child,
+    /// The `--database` it runs on: a SQLite file, or a `postgres://` URL.
     pub db: PathBuf,
     pub log: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -57,7 +94,20 @@ impl TestApp {
         app
     }
 
-    /// Start poold on an existing database file (to test restarts) and wait until it is ready.
+    /// Start poold on `backend` (a temporary SQLite file or a fresh PostgreSQL database) with
+    /// extra `serve` arguments, as [`TestApp::spawn_with`].
+    pub async fn spawn_on(backend: Backend, args: &[&str]) -> Self {
+        match backend {
+            Backend::Sqlite => Self::spawn_with(args).await,
+            Backend::Postgres => {
+                let url = postgres::database_url().await;
+                Self::start(Path::new(&url), args).await
+            }
+        }
+    }
+
+    /// Start poold on an existing database (a file, or a `postgres://` URL; to test restarts)
+    /// and wait until it is ready.
     pub async fn start(db: &Path, args: &[&str]) -> Self {
         let app = Self::launch(db, args);
         app.wait_ready().await;
@@ -70,7 +120,11 @@ impl TestApp {
     }
 
     fn launch_with_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = db.with_extension(format!("{}.log", uuid_like()));
+        let log = if db.to_str().is_some_and(|d| d.starts_with("postgres://")) {
+            postgres::log_dir().join(format!("poold-{}.log", uuid_like()))
+        } else {
+            db.with_extension(format!("{}.log", uuid_like()))
+        };
         let mut command = Command::new(bin());
         command.args(["serve", "--database"]).arg(db);
         if !args.contains(&"--bind") {
@@ -501,8 +555,34 @@ pub async fn sqlite_json(db: &Path, sql: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{sql} gave {text:?}: {e}"))
 }
 
-/// A stopped server's stored counters of a job: `{"status", "done", "failed", "total"}`.
+/// A database for [`TestApp::start`] on `backend` (to restart a server on it): a SQLite file
+/// in a temporary directory (keep the directory while the file is used), or a fresh
+/// PostgreSQL database.
+pub async fn fresh_database(backend: Backend) -> (Option<tempfile::TempDir>, PathBuf) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = dir.path().join("poold.db");
+            (Some(dir), db)
+        }
+        Backend::Postgres => (None, PathBuf::from(postgres::database_url().await)),
+    }
+}
+
+/// A stopped server's stored counters of a job: `{"status", "done", "failed", "total"}`
+/// (from either store).
 pub async fn stored_job(db: &Path, id: &str) -> Value {
+    if let Some(url) = db.to_str().filter(|d| d.starts_with("postgres://")) {
+        return postgres::query_json(
+            url,
+            &format!(
+                "select json_build_object('status', status, 'done', done, 'failed', failed,
+                                          'total', total)::text
+                 from jobs where id = '{id}'"
+            ),
+        )
+        .await;
+    }
     sqlite_json(
         db,
         &format!(

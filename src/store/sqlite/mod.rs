@@ -2,7 +2,8 @@
 //!
 //! SQLite is driven synchronously through rusqlite: reads on a few read-only connections
 //! ([`readers`]: a row on the caller's thread, pages on the blocking pool); every write goes
-//! through the single writer thread ([`writer`], SQL in [`ops`]), which folds whatever is
+//! through the store's single writer thread (`store::writer`; here [`writer`] its connection,
+//! SQL in [`ops`]), which folds whatever is
 //! waiting into one transaction (group commit) and calls the commit hook only after the
 //! commit. Pages of results are read as one row (SQLite folds the chunks into one text).
 //! Migrations are applied at open by sqlx's migrator (`migrations/`, recorded in
@@ -11,7 +12,6 @@
 
 mod ops;
 mod readers;
-mod rows;
 mod writer;
 
 use std::path::Path;
@@ -20,17 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::value::RawValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection as _};
 use time::OffsetDateTime;
 
+use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
+use super::writer::{Op, Outcome, Writer};
 use super::{ChunkRecord, CommitHook, DeleteOutcome, Error, NewJob, Result};
 use crate::model::{Chunk, Job, JobId, JobStatus};
 use readers::Readers;
-use rows::JobRow;
-pub use rows::format_time;
-use writer::{Op, Outcome, Writer};
+use writer::SqliteWriter;
 
 /// Read-only connections: concurrent readers (SSE streams, long-polls, chunk fetches).
 const READERS: usize = 4;
@@ -66,7 +65,8 @@ impl SqliteStore {
         let last_seq: Option<i64> =
             conn.query_row("select max(seq) from chunks", [], |row| row.get(0))?;
         let reader = Arc::new(Readers::open(&path, READERS)?);
-        let (writer, task) = Writer::start(conn, path, on_commit, last_seq.unwrap_or(0) as u64);
+        let backend = SqliteWriter::new(conn, path, last_seq.unwrap_or(0) as u64);
+        let (writer, task) = Writer::start(backend, on_commit);
         Ok((Self { reader, writer }, task))
     }
 
@@ -169,7 +169,7 @@ impl SqliteStore {
             .read(|conn| {
                 Ok(conn
                     .prepare_cached("select * from jobs where id = ?1")?
-                    .query_row([id.to_string()], JobRow::read)
+                    .query_row([id.to_string()], job_row)
                     .optional()?)
             })
             .await?;
@@ -182,7 +182,7 @@ impl SqliteStore {
             .read(|conn| {
                 Ok(conn
                     .prepare_cached("select * from jobs where idempotency_key = ?1")?
-                    .query_row([key], JobRow::read)
+                    .query_row([key], job_row)
                     .optional()?)
             })
             .await?;
@@ -212,7 +212,7 @@ impl SqliteStore {
                         before.map(|id| id.to_string()),
                         limit
                     ],
-                    JobRow::read,
+                    job_row,
                 )?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
@@ -267,7 +267,7 @@ impl SqliteStore {
                         "select * from jobs where status in ('queued', 'running')
                          order by priority desc, key",
                     )?
-                    .query_map([], JobRow::read)?
+                    .query_map([], job_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
@@ -301,29 +301,7 @@ impl SqliteStore {
         let Some(text) = text else {
             return Ok(Vec::new());
         };
-        text.split('\u{1f}')
-            .map(|entry| {
-                let mut fields = entry.splitn(3, ' ');
-                let mut number = || {
-                    fields
-                        .next()
-                        .and_then(|f| f.parse::<u64>().ok())
-                        .ok_or_else(|| Error::Corrupt(format!("a queued chunk: {entry:.80}")))
-                };
-                let (start_index, size) = (number()?, number()?);
-                let items = fields
-                    .next()
-                    .and_then(|items| RawValue::from_string(items.to_string()).ok())
-                    .ok_or_else(|| {
-                        Error::Corrupt(format!("a queued chunk's items: {entry:.80}"))
-                    })?;
-                Ok(Chunk {
-                    start_index,
-                    size,
-                    items,
-                })
-            })
-            .collect()
+        parse_queued_chunks(&text)
     }
 
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
@@ -378,15 +356,7 @@ impl SqliteStore {
         let Some(text) = self.text(COMPLETION_SIZES, id, None, None).await? else {
             return Ok(Vec::new());
         };
-        text.split(',')
-            .map(|pair| {
-                let (seq, size) = pair
-                    .split_once(' ')
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-                    .ok_or_else(|| Error::Corrupt(format!("a chunk's seq and size: {pair}")))?;
-                Ok((seq, size))
-            })
-            .collect()
+        parse_completion_sizes(&text)
     }
 
     /// The one text a query of chunks folds its rows into, on the blocking pool: the job's
@@ -448,6 +418,34 @@ const DONE_FAILED_CHUNKS: &str = "select group_concat(start || ' ' || size || ' 
              and start >= coalesce((select max(start) from chunks
                                     where job = (select key from jobs where id = ?1) and start <= ?2), 0)
            order by start limit +?3)";
+
+/// A row of `jobs`, read by column name (queries select `*`).
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: row.get("id")?,
+        function: row.get("function")?,
+        kwargs: row.get("kwargs")?,
+        star: row.get("star")?,
+        chunksize: row.get("chunksize")?,
+        timeout_s: row.get("timeout_s")?,
+        max_attempts: row.get("max_attempts")?,
+        on_error: row.get("on_error")?,
+        priority: row.get("priority")?,
+        metadata: row.get("metadata")?,
+        codec: row.get("codec")?,
+        max_concurrency: row.get("max_concurrency")?,
+        status: row.get("status")?,
+        total: row.get("total")?,
+        ingesting: row.get("ingesting")?,
+        done: row.get("done")?,
+        failed: row.get("failed")?,
+        error: row.get("error")?,
+        created_at: row.get("created_at")?,
+        started_at: row.get("started_at")?,
+        finished_at: row.get("finished_at")?,
+        request_hash: row.get("request_hash")?,
+    })
+}
 
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()

@@ -1,4 +1,4 @@
-//! The SQL of each write, applied by the writer thread (`writer`): a batch of ops in one
+//! The SQL of each write, applied by the writer thread (`store::writer`, through `writer`): a batch of ops in one
 //! transaction, on the writer's own connection, statement by statement (each is prepared
 //! once and cached). Job starts and chunk records go in together by four statements whatever
 //! their number (a chunk's outcomes are one JSON string each, never parsed by SQLite).
@@ -7,9 +7,9 @@ use std::fmt::Write;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::format_time;
-use super::writer::{Op, Outcome};
 use crate::model::JobStatus;
+use crate::store::format_time;
+use crate::store::writer::{Op, Outcome};
 use crate::store::{DeleteOutcome, Error, NewJob, Result};
 
 /// Apply ops in one transaction; one outcome per op, or the first error (the transaction is

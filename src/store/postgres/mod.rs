@@ -1,0 +1,463 @@
+//! The PostgreSQL backend: one database server, reached over the network (today one poold node
+//! uses it; several nodes sharing it is the cluster part of issue 12).
+//!
+//! Reads go through a [`PgPool`] on the caller's task. Every write goes through the store's
+//! single writer thread (`store::writer`; here [`writer`] its connection, SQL in [`ops`]),
+//! exactly as on SQLite: group commit, the commit hook after the commit, kept writes retried
+//! while the server cannot be written. Reads of chunks fold their rows into one text, as
+//! `store::pages` reads it (the same texts as SQLite's). Migrations (`migrations-postgres/`)
+//! are applied at open by sqlx's migrator, which holds a PostgreSQL advisory lock while it
+//! runs: several nodes starting at once apply each migration once, the others wait for it.
+//! Called by `store::Store`, which picks this backend for a `postgres://` `--database`.
+
+mod ops;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
+use time::OffsetDateTime;
+
+use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
+use super::writer::{Op, Outcome, Writer};
+use super::{ChunkRecord, CommitHook, DeleteOutcome, Error, NewJob, Result};
+use crate::model::{Chunk, Job, JobId, JobStatus};
+use writer::PgWriter;
+
+/// Connections for reads (SSE streams, long-polls, pages, the supervisor's chunk fetches).
+const READERS: u32 = 8;
+/// How long a read waits for a connection before it fails (503), e.g. while the server is down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for the server (container health checks give up after 3 s).
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    writer: Writer,
+}
+
+impl PgStore {
+    /// Connect to the database at `url`, apply migrations and start the writer.
+    pub async fn open(
+        url: &str,
+        on_commit: CommitHook,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("poold")
+            .disable_statement_logging();
+        // The writer's connection first: a server out of reach fails the start with the
+        // reason (the pool would only say it timed out).
+        let mut backend = PgWriter::connect(options.clone()).await?;
+        // Under the migrator's advisory lock (see the module doc).
+        sqlx::migrate!("./migrations-postgres")
+            .run(backend.connection())
+            .await?;
+        fail_interrupted_uploads(backend.connection()).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        let (writer, task) = Writer::start(backend, on_commit);
+        Ok((Self { pool, writer }, task))
+    }
+
+    pub fn close(&self) {
+        // Marks the pool closed at once (reads fail from now on); the connections close in
+        // the background.
+        let pool = self.pool.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { pool.close().await });
+        }
+    }
+
+    /// For `/readyz`: answers within [`PING_TIMEOUT`] even while the server is out of reach
+    /// (other reads wait up to [`ACQUIRE_TIMEOUT`] for a connection).
+    pub async fn ping(&self) -> Result<()> {
+        let ping = sqlx::query("select 1").execute(&self.pool);
+        match tokio::time::timeout(PING_TIMEOUT, ping).await {
+            Ok(answered) => answered.map(drop).map_err(read_error),
+            Err(_) => Err(Error::Storage {
+                full: false,
+                message: format!("PostgreSQL did not answer within {PING_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    pub fn write_backlog(&self) -> usize {
+        self.writer.backlog()
+    }
+
+    pub fn write_failure(&self) -> Option<String> {
+        self.writer.failure()
+    }
+
+    // ---- writes (through the writer thread) ----
+
+    pub async fn create_job(&self, job: NewJob) -> Result<()> {
+        self.writer
+            .call(Op::CreateJob(Box::new(job)))
+            .await
+            .map(drop)
+    }
+
+    pub async fn append_chunks(
+        &self,
+        id: JobId,
+        piece: String,
+        items: u64,
+        close: bool,
+    ) -> Result<bool> {
+        let op = Op::AppendChunks {
+            id,
+            piece,
+            items,
+            close,
+            at: now(),
+        };
+        match self.writer.call(op).await? {
+            Outcome::Changed(appended) => Ok(appended),
+            other => unreachable!("append_chunks answered {other:?}"),
+        }
+    }
+
+    pub fn mark_started(&self, id: JobId) {
+        self.writer.send(Op::MarkStarted { id, at: now() });
+    }
+
+    pub fn record_chunk(&self, record: ChunkRecord) {
+        self.writer.send(Op::RecordChunk {
+            record: Box::new(record),
+            at: now(),
+        });
+    }
+
+    pub async fn finish_job(
+        &self,
+        id: JobId,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> Result<bool> {
+        let op = Op::FinishJob {
+            id,
+            status,
+            error,
+            at: now(),
+        };
+        match self.writer.call(op).await? {
+            Outcome::Changed(changed) => Ok(changed),
+            other => unreachable!("finish_job answered {other:?}"),
+        }
+    }
+
+    pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
+        match self.writer.call(Op::DeleteJob { id }).await? {
+            Outcome::Deleted(outcome) => Ok(outcome),
+            other => unreachable!("delete_job answered {other:?}"),
+        }
+    }
+
+    pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
+        let before = now() - age;
+        match self.writer.call(Op::PurgeFinished { before }).await? {
+            Outcome::Purged(n) => Ok(n),
+            other => unreachable!("purge_finished answered {other:?}"),
+        }
+    }
+
+    // ---- reads ----
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query("select * from jobs where id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        row.map(|row| job_row(&row).and_then(Job::try_from))
+            .transpose()
+    }
+
+    pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<(Job, String)>> {
+        let row = sqlx::query("select * from jobs where idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let row = job_row(&row)?;
+        let hash = row.request_hash().unwrap_or_default().to_string();
+        Ok(Some((Job::try_from(row)?, hash)))
+    }
+
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: u32,
+    ) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "select * from jobs
+             where ($1::text is null or status = $1)
+               and ($2::text is null or key < (select key from jobs where id = $2))
+             order by key desc limit $3",
+        )
+        .bind(status.map(JobStatus::as_str))
+        .bind(before.map(|id| id.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        rows.iter()
+            .map(|row| job_row(row).and_then(Job::try_from))
+            .collect()
+    }
+
+    pub async fn unfinished_items(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "select coalesce(sum(total - done), 0)::bigint from jobs
+             where status in ('queued', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok(n.max(0) as u64)
+    }
+
+    pub async fn metrics_snapshot(&self) -> Result<(Vec<(String, u64)>, f64)> {
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("select status, count(*) from jobs group by status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(read_error)?;
+        let age: Option<f64> = sqlx::query_scalar(
+            "select extract(epoch from now() - min(created_at::timestamptz))::float8
+             from jobs where status in ('queued', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok((
+            by_status
+                .into_iter()
+                .map(|(status, n)| (status, n.max(0) as u64))
+                .collect(),
+            age.unwrap_or(0.0).max(0.0),
+        ))
+    }
+
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Result<Job, (JobId, String)>>> {
+        let rows = sqlx::query(
+            "select * from jobs where status in ('queued', 'running')
+             order by priority desc, key",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        let rows = rows.iter().map(job_row).collect::<Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let Some(id) = row.id() else {
+                    tracing::error!("a stored job has an unreadable id; it is left alone");
+                    return None;
+                };
+                Some(Job::try_from(row).map_err(|e| (id, e.to_string())))
+            })
+            .collect())
+    }
+
+    /// Queued chunks, folded by PostgreSQL into one text.
+    pub async fn queued_chunks(
+        &self,
+        id: JobId,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Chunk>> {
+        let after = after.map_or(-1, |a| a as i64);
+        match self.text(QUEUED_CHUNKS, id, Some((after, limit))).await? {
+            Some(text) => parse_queued_chunks(&text),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "select count(*) from chunks
+             where job = (select key from jobs where id = $1) and state = 0",
+        )
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok(count as u64)
+    }
+
+    /// Up to `limit` done chunks holding item `from` or after, in index order, as the text of
+    /// `store::pages` (with `only_failed`, only chunks with item errors).
+    pub async fn done_chunks(
+        &self,
+        id: JobId,
+        from: u64,
+        limit: u32,
+        only_failed: bool,
+    ) -> Result<String> {
+        let sql = if only_failed {
+            DONE_FAILED_CHUNKS
+        } else {
+            DONE_CHUNKS
+        };
+        let text = self.text(sql, id, Some((from as i64, limit))).await?;
+        Ok(text.unwrap_or_default())
+    }
+
+    /// Up to `limit` done chunks recorded after the one of seq `after`, in completion order.
+    pub async fn completed_chunks(
+        &self,
+        id: JobId,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<String> {
+        let after = after.map_or(-1, |a| a as i64);
+        let text = self
+            .text(COMPLETED_CHUNKS, id, Some((after, limit)))
+            .await?;
+        Ok(text.unwrap_or_default())
+    }
+
+    /// Every done chunk's `(seq, size)`, in completion order (to resume a stream at a position).
+    pub async fn completion_sizes(&self, id: JobId) -> Result<Vec<(u64, u64)>> {
+        match self.text(COMPLETION_SIZES, id, None).await? {
+            Some(text) => parse_completion_sizes(&text),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The one text a query of chunks folds its rows into: the job's id is $1, then `from`
+    /// ($2) and `limit` ($3) when given.
+    async fn text(
+        &self,
+        sql: &'static str,
+        id: JobId,
+        from_and_limit: Option<(i64, u32)>,
+    ) -> Result<Option<String>> {
+        let mut query = sqlx::query_scalar(sql).bind(id.to_string());
+        if let Some((from, limit)) = from_and_limit {
+            query = query.bind(from).bind(i64::from(limit));
+        }
+        query.fetch_one(&self.pool).await.map_err(read_error)
+    }
+}
+
+/// Queued chunks after item $2, at most $3, as `start size items` entries.
+const QUEUED_CHUNKS: &str =
+    "select string_agg(start || ' ' || size || ' ' || items, chr(31) order by start)
+     from (select start, size, items from chunks
+           where job = (select key from jobs where id = $1) and state = 0 and start > $2
+           order by start limit $3) as c";
+
+/// Done chunks recorded after the one of seq $2, at most $3, in completion order.
+const COMPLETED_CHUNKS: &str = "select string_agg(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, chr(31) order by seq)
+     from (select start, size, failed, seq, outcomes from chunks
+           where job = (select key from jobs where id = $1) and seq > $2 order by seq limit $3) as c";
+
+/// Every done chunk's `seq size`, in completion order.
+const COMPLETION_SIZES: &str = "select string_agg(seq || ' ' || size, ',' order by seq)
+     from chunks where job = (select key from jobs where id = $1) and seq is not null";
+
+// The queries of done chunks fold them into one text of `start size failed seq outcomes`
+// entries, as `store::pages` reads it.
+
+/// Done chunks from the one holding item $2 on (the anchor is found through the primary key).
+const DONE_CHUNKS: &str = "select string_agg(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, chr(31) order by start)
+     from (select start, size, failed, seq, outcomes from chunks
+           where job = (select key from jobs where id = $1) and state = 1
+             and start >= coalesce((select max(start) from chunks
+                                    where job = (select key from jobs where id = $1) and start <= $2), 0)
+           order by start limit $3) as c";
+
+/// The same, only chunks with item errors (through the partial index on them).
+const DONE_FAILED_CHUNKS: &str = "select string_agg(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, chr(31) order by start)
+     from (select start, size, failed, seq, outcomes from chunks
+           where job = (select key from jobs where id = $1) and failed > 0
+             and start >= coalesce((select max(start) from chunks
+                                    where job = (select key from jobs where id = $1) and start <= $2), 0)
+           order by start limit $3) as c";
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// A row of `jobs`, read by column name (queries select `*`).
+fn job_row(row: &PgRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        function: row.try_get("function")?,
+        kwargs: row.try_get("kwargs")?,
+        star: row.try_get("star")?,
+        chunksize: row.try_get("chunksize")?,
+        timeout_s: row.try_get("timeout_s")?,
+        max_attempts: row.try_get("max_attempts")?,
+        on_error: row.try_get("on_error")?,
+        priority: row.try_get("priority")?,
+        metadata: row.try_get("metadata")?,
+        codec: row.try_get("codec")?,
+        max_concurrency: row.try_get("max_concurrency")?,
+        status: row.try_get("status")?,
+        total: row.try_get("total")?,
+        ingesting: row.try_get("ingesting")?,
+        done: row.try_get("done")?,
+        failed: row.try_get("failed")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        request_hash: row.try_get("request_hash")?,
+    })
+}
+
+/// A read's error: the server out of reach (or the pool closed) is a storage failure (the
+/// API answers 503 with `Retry-After`), anything else a database error.
+fn read_error(e: sqlx::Error) -> Error {
+    if writer::is_unavailable(&e) {
+        Error::Storage {
+            full: false,
+            message: e.to_string(),
+        }
+    } else {
+        Error::Database(e)
+    }
+}
+
+/// On start, before anything runs: a job whose upload was still open when poold stopped can
+/// never get the rest of its items (that connection is gone), so it fails and its queued
+/// chunks are dropped; the results of chunks that already ran stay readable. (With several
+/// nodes, this must only touch the uploads of the node that restarted: issue 12's next step.)
+async fn fail_interrupted_uploads(conn: &mut PgConnection) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "update chunks set state = 2 where state = 0 and job in
+             (select key from jobs where ingesting and status in ('queued', 'running'))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let failed = sqlx::query(
+        "update jobs set status = 'failed', ingesting = false, finished_at = $1,
+                error = 'poold stopped while the job''s items were being uploaded'
+         where ingesting and status in ('queued', 'running')",
+    )
+    .bind(format_time(now()))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if failed > 0 {
+        tracing::warn!(
+            jobs = failed,
+            "failed jobs whose upload was cut off by a restart"
+        );
+    }
+    Ok(())
+}
