@@ -6,15 +6,14 @@
 //! admission) and is the one place that writes a job to the store and then tells the pool;
 //! readers of results (pages, SSE, NDJSON) go to the store directly. `store` is the storage
 //! interface (its backends, `store::sqlite` and `store::postgres`, the only code that knows
-//! SQLite or PostgreSQL); `pool` the only
-//! module that spawns processes, recording each finished chunk through the store. `model`
-//! holds the domain types they share; `outcomes` a chunk's recorded outcomes (one value or
-//! error per item, validated once and stored as one row); `protocol` the worker protocol
-//! shared by `pool` and the built-in `worker`. `cli` is the command-line client: it depends on
-//! none of the others and speaks only HTTP; `healthcheck` is the container probe. `metrics`
-//! names every Prometheus metric (recorded by `pool` and `api`); `retention` deletes expired
-//! jobs through the store; `limits` holds every bound on what poold accepts (checked by `jobs`
-//! at the door, by `pool` on workers' results and on resume).
+//! SQLite or PostgreSQL); `pool` the only module that spawns processes, recording each finished
+//! chunk through the store. `model` holds the domain types they share; `outcomes` a chunk's
+//! recorded outcomes (one value or error per item, validated once and stored as one row);
+//! `protocol` the worker protocol shared by `pool` and the built-in `worker`. `cli` is the
+//! command-line client: it depends on none of the others and speaks only HTTP; `healthcheck` is
+//! the container probe. `metrics` names every Prometheus metric (recorded by `pool` and `api`);
+//! `retention` deletes expired jobs through the store; `limits` holds every bound on what poold
+//! accepts (checked by `jobs` at the door, by `pool` on workers' results and on resume).
 
 pub mod api;
 pub mod app;
