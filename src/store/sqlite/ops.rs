@@ -1,9 +1,7 @@
-//! The SQL of each write, applied by the writer thread (`store::writer`, through `writer`): a batch of ops in one
-//! transaction, on the writer's own connection, statement by statement (each is prepared
-//! once and cached). Job starts and chunk records go in together by four statements whatever
-//! their number (a chunk's outcomes are one JSON string each, never parsed by SQLite).
-
-use std::fmt::Write;
+//! The SQL of each write, applied by the writer thread (`store::writer`, through `writer`): a
+//! batch of ops in one transaction, on the writer's own connection, statement by statement
+//! (each prepared once and cached; a statement costs no hand-off between threads here, so a
+//! chunk record is one bound statement, and its outcomes text is never parsed by SQLite).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -43,110 +41,116 @@ fn apply_all(conn: &Connection, ops: &[&Op], next_seq: &mut u64) -> Result<Vec<O
     Ok(outcomes)
 }
 
-/// Job starts and chunk records. A chunk already recorded (after a restart ran it again) or
-/// of a job that ended is skipped. Each statement's parameters: ?1, small: `{"at", "starts":
-/// [[job, started_at], …], "heads": [[job, start, failed, seq, fail], …]}`; ?2: the
-/// outcomes, one JSON string per head.
-/// Move the started jobs to running.
-const START_JOBS: &str = "update jobs set status = 'running', started_at = s.value ->> 1
-     from json_each(?1, '$.starts') as s
-     where jobs.id = s.value ->> 0 and jobs.status = 'queued'";
+/// Move a started job (?1) to running at ?2.
+const START_JOB: &str = "update jobs set status = 'running', started_at = ?2
+     where id = ?1 and status = 'queued'";
 
-/// Move the counters of the jobs whose chunks are still queued (completing a job at its
-/// total, failing one whose record says `fail_fast` tripped).
-const COUNT_CHUNKS: &str = "with h as materialized (
-         select (select key from jobs where id = value ->> 0) as job, value ->> 1 as start,
-                value ->> 2 as failed, value ->> 4 as fail
-         from json_each(?1, '$.heads'))
-     update jobs set
-        done = jobs.done + c.items,
-        failed = jobs.failed + c.errors,
-        status = case when jobs.status not in ('queued', 'running') then jobs.status
-                      when c.fail is not null then 'failed'
-                      when jobs.done + c.items >= jobs.total and jobs.ingesting = 0 then 'completed'
-                      else jobs.status end,
-        error = case when jobs.status in ('queued', 'running') and c.fail is not null
-                     then c.fail else jobs.error end,
-        ingesting = case when c.fail is not null then 0 else jobs.ingesting end,
-        finished_at = case when jobs.status in ('queued', 'running')
-                                and (c.fail is not null
-                                     or (jobs.done + c.items >= jobs.total and jobs.ingesting = 0))
-                           then ?1 ->> '$.at' else jobs.finished_at end
-     from (select h.job, sum(q.size) as items, sum(h.failed) as errors, max(h.fail) as fail
-           from h join chunks as q on q.job = h.job and q.start = h.start and q.state = 0
-           group by h.job) as c
-     where jobs.key = c.job";
+/// Mark a chunk (of job ?1, at ?2) done with its completion number ?3, item errors ?4 and
+/// outcomes ?5 — only while it is still queued, so that it is recorded once; its size.
+const MARK_CHUNK: &str =
+    "update chunks set state = 1, seq = ?3, failed = ?4, outcomes = ?5, items = ''
+     where job = (select key from jobs where id = ?1) and start = ?2 and state = 0
+     returning size";
 
-/// Mark those chunks done with their outcomes and completion numbers.
-const RECORD_CHUNKS: &str = "with h as materialized (
-         select key as n, (select key from jobs where id = value ->> 0) as job,
-                value ->> 1 as start, value ->> 2 as failed, value ->> 3 as seq
-         from json_each(?1, '$.heads')),
-     o as materialized (select key as n, value as outcomes from json_each(?2) where ?1 is not null)
-     update chunks set state = 1, seq = h.seq, failed = h.failed, outcomes = o.outcomes,
-                       items = ''
-     from h join o on o.n = h.n
-     where chunks.job = h.job and chunks.start = h.start and chunks.state = 0";
+/// Move a job's (?1) counters by the items ?2 and item errors ?3 of the chunks just marked,
+/// completing it at its total, failing it with ?4 when its record says `fail_fast` tripped;
+/// ?5 is the time. (Every expression reads the row as it was before this update.)
+const COUNT_CHUNKS: &str = "update jobs set
+        done = done + ?2,
+        failed = failed + ?3,
+        status = case when status not in ('queued', 'running') then status
+                      when ?4 is not null then 'failed'
+                      when done + ?2 >= total and ingesting = 0 then 'completed'
+                      else status end,
+        error = case when status in ('queued', 'running') and ?4 is not null then ?4
+                     else error end,
+        ingesting = case when ?4 is not null then 0 else ingesting end,
+        finished_at = case when status in ('queued', 'running')
+                                and (?4 is not null or (done + ?2 >= total and ingesting = 0))
+                           then ?5 else finished_at end
+     where id = ?1";
 
-/// Drop the queued chunks of jobs that failed.
+/// Drop the queued chunks of a job (?1) that failed.
 const DROP_FAILED: &str = "update chunks set state = 2
-     where state = 0 and job in (
-         select j.key from json_each(?1, '$.heads') as h join jobs as j on j.id = h.value ->> 0
-         where h.value ->> 4 is not null and j.status = 'failed')";
+     where state = 0 and job = (select key from jobs where id = ?1 and status = 'failed')";
 
+/// What the chunks marked in a batch add to their job.
+struct Counted {
+    items: u64,
+    errors: u64,
+    fail: Option<String>,
+    at: String,
+}
+
+/// Job starts and chunk records, in the order sent, a prepared statement each (the writer
+/// drives SQLite directly: a statement costs no hand-off, and binding a record's outcomes
+/// as a parameter spares SQLite a JSON parse). A chunk already recorded (after a restart ran
+/// it again) or of a job that ended is skipped; each job's counters then move once by what
+/// was marked.
 fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result<Vec<Outcome>> {
-    let mut at = None;
-    let mut starts = String::new();
-    let mut heads = String::new();
-    let mut outcomes = String::from("[");
-    let mut seen = std::collections::HashSet::new();
+    let mut counted: Vec<(crate::model::JobId, Counted)> = Vec::new();
     for op in run {
         match op {
             Op::MarkStarted { id, at } => {
-                if !starts.is_empty() {
-                    starts.push(',');
-                }
-                let _ = write!(starts, r#"["{id}","{}"]"#, format_time(*at));
+                conn.prepare_cached(START_JOB)?
+                    .execute(params![id.to_string(), format_time(*at)])?;
             }
-            Op::RecordChunk { record, at: when } => {
-                // The same chunk twice in one batch would count twice: keep the first.
-                if !seen.insert((record.id, record.start)) {
-                    continue;
-                }
-                at = Some(*when);
-                if !heads.is_empty() {
-                    heads.push(',');
-                    outcomes.push(',');
-                }
-                let fail = record.fail_job.as_deref().map_or_else(
-                    || "null".to_string(),
-                    |f| serde_json::to_string(f).expect("a string"),
-                );
-                let _ = write!(
-                    heads,
-                    r#"["{}",{},{},{},{fail}]"#,
-                    record.id, record.start, record.outcomes.failed, *next_seq
-                );
+            Op::RecordChunk { record, at } => {
+                let seq = *next_seq;
                 *next_seq += 1;
-                outcomes.push_str(&serde_json::to_string(&record.outcomes.json).expect("a string"));
+                let marked: Option<i64> = conn
+                    .prepare_cached(MARK_CHUNK)?
+                    .query_row(
+                        params![
+                            record.id.to_string(),
+                            record.start as i64,
+                            seq as i64,
+                            record.outcomes.failed as i64,
+                            record.outcomes.json,
+                        ],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let Some(size) = marked else { continue };
+                let at = format_time(*at);
+                let index = match counted.iter().position(|(id, _)| *id == record.id) {
+                    Some(index) => index,
+                    None => {
+                        counted.push((
+                            record.id,
+                            Counted {
+                                items: 0,
+                                errors: 0,
+                                fail: None,
+                                at: at.clone(),
+                            },
+                        ));
+                        counted.len() - 1
+                    }
+                };
+                let job = &mut counted[index].1;
+                job.items += size.max(0) as u64;
+                job.errors += record.outcomes.failed;
+                job.at = at;
+                if job.fail.is_none() {
+                    job.fail = record.fail_job.clone();
+                }
             }
             _ => unreachable!("only starts and chunk records are grouped"),
         }
     }
-    outcomes.push(']');
-    let at = at.map_or_else(
-        || "null".to_string(),
-        |at| format!(r#""{}""#, format_time(at)),
-    );
-    let small = format!(r#"{{"at":{at},"starts":[{starts}],"heads":[{heads}]}}"#);
-    if !starts.is_empty() {
-        conn.prepare_cached(START_JOBS)?.execute([&small])?;
-    }
-    if !heads.is_empty() {
-        conn.prepare_cached(COUNT_CHUNKS)?.execute([&small])?;
-        conn.prepare_cached(RECORD_CHUNKS)?
-            .execute([&small, &outcomes])?;
-        conn.prepare_cached(DROP_FAILED)?.execute([&small])?;
+    for (id, job) in &counted {
+        let id = id.to_string();
+        conn.prepare_cached(COUNT_CHUNKS)?.execute(params![
+            id,
+            job.items as i64,
+            job.errors as i64,
+            job.fail,
+            job.at
+        ])?;
+        if job.fail.is_some() {
+            conn.prepare_cached(DROP_FAILED)?.execute([&id])?;
+        }
     }
     // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
     Ok(run.iter().map(|_| Outcome::Done).collect())
