@@ -143,18 +143,18 @@ impl Store {
     /// Why the database cannot be written, while writes fail for that reason; None while they
     /// succeed.
     pub fn write_failure(&self) -> Option<String> {
-        backend!(self, s => s.write_failure())
+        backend!(self, s => s.writer().failure())
     }
 
     /// Bytes of items and results sent to the writer and not yet committed.
     pub fn write_backlog(&self) -> usize {
-        backend!(self, s => s.write_backlog())
+        backend!(self, s => s.writer().backlog())
     }
 
     // ---- writes of the job service ----
 
     pub async fn create_job(&self, job: NewJob) -> Result<()> {
-        backend!(self, s => s.create_job(job).await)
+        backend!(self, s => s.writer().create_job(job).await)
     }
 
     /// Store more chunks of a job whose upload is open (`piece` as in [`NewJob::pieces`], of
@@ -167,7 +167,7 @@ impl Store {
         items: u64,
         close: bool,
     ) -> Result<bool> {
-        backend!(self, s => s.append_chunks(id, piece, items, close).await)
+        backend!(self, s => s.writer().append_chunks(id, piece, items, close).await)
     }
 
     /// End an unfinished job as failed or cancelled and drop its queued chunks. Returns false
@@ -178,27 +178,27 @@ impl Store {
         status: JobStatus,
         error: Option<String>,
     ) -> Result<bool> {
-        backend!(self, s => s.finish_job(id, status, error).await)
+        backend!(self, s => s.writer().finish_job(id, status, error).await)
     }
 
     pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
-        backend!(self, s => s.delete_job(id).await)
+        backend!(self, s => s.writer().delete_job(id).await)
     }
 
     /// Delete the jobs (with their chunks) finished more than `age` ago; how many.
     pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
-        backend!(self, s => s.purge_finished(age).await)
+        backend!(self, s => s.writer().purge_finished(age).await)
     }
 
     // ---- writes of the supervisor (not waited for; committed in order) ----
 
     /// The job's first chunk was sent to a worker.
     pub fn mark_started(&self, id: JobId) {
-        backend!(self, s => s.mark_started(id))
+        backend!(self, s => s.writer().mark_started(id))
     }
 
     pub fn record_chunk(&self, record: ChunkRecord) {
-        backend!(self, s => s.record_chunk(record))
+        backend!(self, s => s.writer().record_chunk(record))
     }
 
     // ---- reads ----

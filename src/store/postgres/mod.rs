@@ -21,8 +21,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
 
 use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
-use super::writer::{Op, Outcome, Writer};
-use super::{ChunkRecord, CommitHook, DeleteOutcome, Error, NewJob, Result};
+use super::writer::Writer;
+use super::{CommitHook, Error, Result};
 use crate::model::{Chunk, Job, JobId, JobStatus};
 use writer::PgWriter;
 
@@ -87,85 +87,9 @@ impl PgStore {
         }
     }
 
-    pub fn write_backlog(&self) -> usize {
-        self.writer.backlog()
-    }
-
-    pub fn write_failure(&self) -> Option<String> {
-        self.writer.failure()
-    }
-
-    // ---- writes (through the writer thread) ----
-
-    pub async fn create_job(&self, job: NewJob) -> Result<()> {
-        self.writer
-            .call(Op::CreateJob(Box::new(job)))
-            .await
-            .map(drop)
-    }
-
-    pub async fn append_chunks(
-        &self,
-        id: JobId,
-        piece: String,
-        items: u64,
-        close: bool,
-    ) -> Result<bool> {
-        let op = Op::AppendChunks {
-            id,
-            piece,
-            items,
-            close,
-            at: now(),
-        };
-        match self.writer.call(op).await? {
-            Outcome::Changed(appended) => Ok(appended),
-            other => unreachable!("append_chunks answered {other:?}"),
-        }
-    }
-
-    pub fn mark_started(&self, id: JobId) {
-        self.writer.send(Op::MarkStarted { id, at: now() });
-    }
-
-    pub fn record_chunk(&self, record: ChunkRecord) {
-        self.writer.send(Op::RecordChunk {
-            record: Box::new(record),
-            at: now(),
-        });
-    }
-
-    pub async fn finish_job(
-        &self,
-        id: JobId,
-        status: JobStatus,
-        error: Option<String>,
-    ) -> Result<bool> {
-        let op = Op::FinishJob {
-            id,
-            status,
-            error,
-            at: now(),
-        };
-        match self.writer.call(op).await? {
-            Outcome::Changed(changed) => Ok(changed),
-            other => unreachable!("finish_job answered {other:?}"),
-        }
-    }
-
-    pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
-        match self.writer.call(Op::DeleteJob { id }).await? {
-            Outcome::Deleted(outcome) => Ok(outcome),
-            other => unreachable!("delete_job answered {other:?}"),
-        }
-    }
-
-    pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
-        let before = now() - age;
-        match self.writer.call(Op::PurgeFinished { before }).await? {
-            Outcome::Purged(n) => Ok(n),
-            other => unreachable!("purge_finished answered {other:?}"),
-        }
+    /// The writer every write goes through (see `store::writer`).
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     // ---- reads ----
