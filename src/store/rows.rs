@@ -134,3 +134,17 @@ pub(super) fn parse_completion_sizes(text: &str) -> Result<Vec<(u64, u64)>, Erro
         })
         .collect()
 }
+
+/// Rows of unfinished jobs as the supervisor takes them: a row that cannot be read as a job
+/// comes as its id and why; one whose very id is unreadable is logged and left alone.
+pub fn unfinished_jobs(rows: Vec<JobRow>) -> Vec<Result<Job, (crate::model::JobId, String)>> {
+    rows.into_iter()
+        .filter_map(|row| {
+            let Some(id) = row.id() else {
+                tracing::error!("a stored job has an unreadable id; it is left alone");
+                return None;
+            };
+            Some(Job::try_from(row).map_err(|e| (id, e.to_string())))
+        })
+        .collect()
+}

@@ -20,7 +20,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
 
-use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
+use super::rows::{
+    JobRow, format_time, parse_completion_sizes, parse_queued_chunks, unfinished_jobs,
+};
 use super::writer::Writer;
 use super::{CommitHook, Error, Result};
 use crate::model::{Chunk, Job, JobId, JobStatus};
@@ -181,16 +183,7 @@ impl PgStore {
         .await
         .map_err(read_error)?;
         let rows = rows.iter().map(job_row).collect::<Result<Vec<_>>>()?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let Some(id) = row.id() else {
-                    tracing::error!("a stored job has an unreadable id; it is left alone");
-                    return None;
-                };
-                Some(Job::try_from(row).map_err(|e| (id, e.to_string())))
-            })
-            .collect())
+        Ok(unfinished_jobs(rows))
     }
 
     /// Queued chunks, folded by PostgreSQL into one text.

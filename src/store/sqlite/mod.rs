@@ -24,7 +24,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection as _};
 use time::OffsetDateTime;
 
-use super::rows::{JobRow, format_time, parse_completion_sizes, parse_queued_chunks};
+use super::rows::{
+    JobRow, format_time, parse_completion_sizes, parse_queued_chunks, unfinished_jobs,
+};
 use super::writer::Writer;
 use super::{CommitHook, Error, Result};
 use crate::model::{Chunk, Job, JobId, JobStatus};
@@ -195,16 +197,7 @@ impl SqliteStore {
                     .collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let Some(id) = row.id() else {
-                    tracing::error!("a stored job has an unreadable id; it is left alone");
-                    return None;
-                };
-                Some(Job::try_from(row).map_err(|e| (id, e.to_string())))
-            })
-            .collect())
+        Ok(unfinished_jobs(rows))
     }
 
     /// Queued chunks, folded by SQLite into one text.
