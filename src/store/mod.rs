@@ -25,12 +25,15 @@ mod writer;
 
 use std::time::Duration;
 
+use time::OffsetDateTime;
+
 pub use location::DatabaseLocation;
 pub use pages::{CompletionCursor, ResultsPage};
 pub use rows::format_time;
 
 use crate::model::{Chunk, Job, JobId, JobStatus};
 use crate::outcomes::ChunkOutcomes;
+use writer::{Op, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -153,8 +156,16 @@ impl Store {
 
     // ---- writes of the job service ----
 
+    /// The writer every write goes through (see `writer`).
+    fn writer(&self) -> &writer::Writer {
+        backend!(self, s => s.writer())
+    }
+
     pub async fn create_job(&self, job: NewJob) -> Result<()> {
-        backend!(self, s => s.writer().create_job(job).await)
+        self.writer()
+            .call(Op::CreateJob(Box::new(job)))
+            .await
+            .map(drop)
     }
 
     /// Store more chunks of a job whose upload is open (`piece` as in [`NewJob::pieces`], of
@@ -167,7 +178,17 @@ impl Store {
         items: u64,
         close: bool,
     ) -> Result<bool> {
-        backend!(self, s => s.writer().append_chunks(id, piece, items, close).await)
+        let op = Op::AppendChunks {
+            id,
+            piece,
+            items,
+            close,
+            at: OffsetDateTime::now_utc(),
+        };
+        match self.writer().call(op).await? {
+            Outcome::Changed(appended) => Ok(appended),
+            other => unreachable!("append_chunks answered {other:?}"),
+        }
     }
 
     /// End an unfinished job as failed or cancelled and drop its queued chunks. Returns false
@@ -178,27 +199,49 @@ impl Store {
         status: JobStatus,
         error: Option<String>,
     ) -> Result<bool> {
-        backend!(self, s => s.writer().finish_job(id, status, error).await)
+        let op = Op::FinishJob {
+            id,
+            status,
+            error,
+            at: OffsetDateTime::now_utc(),
+        };
+        match self.writer().call(op).await? {
+            Outcome::Changed(changed) => Ok(changed),
+            other => unreachable!("finish_job answered {other:?}"),
+        }
     }
 
     pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
-        backend!(self, s => s.writer().delete_job(id).await)
+        match self.writer().call(Op::DeleteJob { id }).await? {
+            Outcome::Deleted(outcome) => Ok(outcome),
+            other => unreachable!("delete_job answered {other:?}"),
+        }
     }
 
     /// Delete the jobs (with their chunks) finished more than `age` ago; how many.
     pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
-        backend!(self, s => s.writer().purge_finished(age).await)
+        let before = OffsetDateTime::now_utc() - age;
+        match self.writer().call(Op::PurgeFinished { before }).await? {
+            Outcome::Purged(n) => Ok(n),
+            other => unreachable!("purge_finished answered {other:?}"),
+        }
     }
 
     // ---- writes of the supervisor (not waited for; committed in order) ----
 
     /// The job's first chunk was sent to a worker.
     pub fn mark_started(&self, id: JobId) {
-        backend!(self, s => s.writer().mark_started(id))
+        self.writer().send(Op::MarkStarted {
+            id,
+            at: OffsetDateTime::now_utc(),
+        });
     }
 
     pub fn record_chunk(&self, record: ChunkRecord) {
-        backend!(self, s => s.writer().record_chunk(record))
+        self.writer().send(Op::RecordChunk {
+            record: Box::new(record),
+            at: OffsetDateTime::now_utc(),
+        });
     }
 
     // ---- reads ----

@@ -203,7 +203,7 @@ impl Writer {
     }
 
     /// Apply `op` and wait for its commit.
-    async fn call(&self, op: Op) -> Result<Outcome> {
+    pub(super) async fn call(&self, op: Op) -> Result<Outcome> {
         let (reply, rx) = oneshot::channel();
         self.enqueue(Request {
             op,
@@ -214,82 +214,9 @@ impl Writer {
     }
 
     /// Queue `op` without waiting; it commits before any op sent after it.
-    fn send(&self, op: Op) {
+    pub(super) fn send(&self, op: Op) {
         if self.enqueue(Request { op, reply: None }).is_err() {
             tracing::error!("database writer has stopped; a write was dropped");
-        }
-    }
-
-    // ---- the store's writes, typed (every backend's store calls these) ----
-
-    pub async fn create_job(&self, job: NewJob) -> Result<()> {
-        self.call(Op::CreateJob(Box::new(job))).await.map(drop)
-    }
-
-    pub async fn append_chunks(
-        &self,
-        id: JobId,
-        piece: String,
-        items: u64,
-        close: bool,
-    ) -> Result<bool> {
-        let op = Op::AppendChunks {
-            id,
-            piece,
-            items,
-            close,
-            at: OffsetDateTime::now_utc(),
-        };
-        match self.call(op).await? {
-            Outcome::Changed(appended) => Ok(appended),
-            other => unreachable!("append_chunks answered {other:?}"),
-        }
-    }
-
-    pub fn mark_started(&self, id: JobId) {
-        self.send(Op::MarkStarted {
-            id,
-            at: OffsetDateTime::now_utc(),
-        });
-    }
-
-    pub fn record_chunk(&self, record: ChunkRecord) {
-        self.send(Op::RecordChunk {
-            record: Box::new(record),
-            at: OffsetDateTime::now_utc(),
-        });
-    }
-
-    pub async fn finish_job(
-        &self,
-        id: JobId,
-        status: JobStatus,
-        error: Option<String>,
-    ) -> Result<bool> {
-        let op = Op::FinishJob {
-            id,
-            status,
-            error,
-            at: OffsetDateTime::now_utc(),
-        };
-        match self.call(op).await? {
-            Outcome::Changed(changed) => Ok(changed),
-            other => unreachable!("finish_job answered {other:?}"),
-        }
-    }
-
-    pub async fn delete_job(&self, id: JobId) -> Result<DeleteOutcome> {
-        match self.call(Op::DeleteJob { id }).await? {
-            Outcome::Deleted(outcome) => Ok(outcome),
-            other => unreachable!("delete_job answered {other:?}"),
-        }
-    }
-
-    pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
-        let before = OffsetDateTime::now_utc() - age;
-        match self.call(Op::PurgeFinished { before }).await? {
-            Outcome::Purged(n) => Ok(n),
-            other => unreachable!("purge_finished answered {other:?}"),
         }
     }
 }

@@ -211,8 +211,7 @@ impl SqliteStore {
             .text(
                 QUEUED_CHUNKS,
                 id,
-                Some(after.map_or(-1, |a| a as i64)),
-                Some(limit),
+                Some((after.map_or(-1, |a| a as i64), limit)),
             )
             .await?;
         let Some(text) = text else {
@@ -250,7 +249,7 @@ impl SqliteStore {
         } else {
             DONE_CHUNKS
         };
-        let text = self.text(sql, id, Some(from as i64), Some(limit)).await?;
+        let text = self.text(sql, id, Some((from as i64, limit))).await?;
         Ok(text.unwrap_or_default())
     }
 
@@ -263,14 +262,14 @@ impl SqliteStore {
     ) -> Result<String> {
         let after = after.map_or(-1, |a| a as i64);
         let text = self
-            .text(COMPLETED_CHUNKS, id, Some(after), Some(limit))
+            .text(COMPLETED_CHUNKS, id, Some((after, limit)))
             .await?;
         Ok(text.unwrap_or_default())
     }
 
     /// Every done chunk's `(seq, size)`, in completion order (to resume a stream at a position).
     pub async fn completion_sizes(&self, id: JobId) -> Result<Vec<(u64, u64)>> {
-        let Some(text) = self.text(COMPLETION_SIZES, id, None, None).await? else {
+        let Some(text) = self.text(COMPLETION_SIZES, id, None).await? else {
             return Ok(Vec::new());
         };
         parse_completion_sizes(&text)
@@ -282,18 +281,17 @@ impl SqliteStore {
         &self,
         sql: &'static str,
         id: JobId,
-        from: Option<i64>,
-        limit: Option<u32>,
+        from_and_limit: Option<(i64, u32)>,
     ) -> Result<Option<String>> {
         self.reader
             .read_blocking(move |conn| {
                 let mut query = conn.prepare_cached(sql)?;
                 let id = id.to_string();
-                let text = match (from, limit) {
-                    (Some(from), Some(limit)) => {
+                let text = match from_and_limit {
+                    Some((from, limit)) => {
                         query.query_row(params![id, from, limit], |row| row.get(0))
                     }
-                    _ => query.query_row([id], |row| row.get(0)),
+                    None => query.query_row([id], |row| row.get(0)),
                 };
                 Ok(text?)
             })
