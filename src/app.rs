@@ -1,7 +1,9 @@
 //! Wires the parts together and runs them: `run(config, listener, shutdown)`.
 //!
-//! Called by `main` (and usable from tests). Order on start: open the store (migrations), start
-//! the supervisor (which resumes unfinished jobs), serve HTTP. On shutdown (the token is
+//! Called by `main` (and usable from tests). Order on start: open the store (migrations; on
+//! PostgreSQL this node registers among the nodes), start the supervisor (which resumes
+//! unfinished jobs), start the node's heartbeat and listener (`cluster`, PostgreSQL only),
+//! serve HTTP. On shutdown (the token is
 //! cancelled): new jobs get 503, streams and long-polls end, the supervisor drains running
 //! chunks within the grace period and stops every worker; then HTTP stops (requests still open
 //! after another grace period are dropped) and the writer flushes and closes.
@@ -20,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, ConnectionLimits};
+use crate::cluster::{self, Node};
 use crate::config::ServeArgs;
 use crate::events::EventBus;
 use crate::jobs::{self, JobService};
@@ -35,9 +38,18 @@ pub async fn run(
     crate::metrics::install();
     let events = EventBus::default();
     let notify = events.clone();
-    let (store, writer) = Store::open(&config.database, Box::new(move |jobs| notify.notify(jobs)))
-        .await
-        .with_context(|| format!("cannot open database {}", config.database.redacted()))?;
+    let node = Arc::new(Node::new(
+        config.node_name.clone(),
+        listener.local_addr()?,
+        config.node_lease(),
+    ));
+    let (store, writer) = Store::open(
+        &config.database,
+        &node.row(config.pool_size()),
+        Box::new(move |jobs| notify.notify(jobs)),
+    )
+    .await
+    .with_context(|| format!("cannot open database {}", config.database.redacted()))?;
     let pool_config = PoolConfig {
         size: config.pool_size(),
         command: config.worker_command()?,
@@ -69,11 +81,19 @@ pub async fn run(
         body_budget: Arc::new(Semaphore::new(config.max_buffered_bytes)),
         shutdown: shutdown.clone(),
         api_token: config.api_token.as_deref().map(api::token_digest),
-        node: Arc::new(api::Node::new(
-            config.node_name.clone(),
-            listener.local_addr()?,
-        )),
+        node: node.clone(),
     };
+    // On a shared store: heartbeats and notifications from the other nodes (until the
+    // supervisor has drained).
+    let cluster_stop = CancellationToken::new();
+    let cluster_tasks = cluster::start(
+        &store,
+        &node,
+        state.pool.clone(),
+        state.events.clone(),
+        shutdown.clone(),
+        cluster_stop.clone(),
+    );
     if !config.retention.is_zero() {
         tokio::spawn(retention::run(
             store.clone(),
@@ -109,6 +129,13 @@ pub async fn run(
         shutdown.cancel();
     }
     supervisor.finish(Duration::from_secs(60)).await;
+    cluster_stop.cancel();
+    for task in cluster_tasks {
+        let _ = task.await;
+    }
+    if let Err(e) = store.leave().await {
+        tracing::warn!(error = %e, "could not hand this node's claims back; other nodes re-queue them after its lease");
+    }
     http_stop.cancel();
     server.finish(Duration::from_secs(60)).await;
     store.close();

@@ -50,7 +50,8 @@ pub struct ServeArgs {
     /// (`postgres://USER@HOST:PORT/DB`).
     #[arg(long, env = "POOLD_DATABASE", default_value = "poold.db", value_parser = DatabaseParser)]
     pub database: DatabaseLocation,
-    /// Worker processes [default: the number of CPUs].
+    /// Worker processes [default: the number of CPUs]. 0 (PostgreSQL only): this node serves
+    /// the API and the other nodes' workers run the jobs.
     #[arg(long, env = "POOLD_WORKERS")]
     pub workers: Option<usize>,
     /// Program (and arguments) to run as each worker [default: this binary's `worker`].
@@ -107,6 +108,11 @@ pub struct ServeArgs {
     /// This node's name in `GET /v1/nodes` [default: the host name and the port].
     #[arg(long, env = "POOLD_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Seconds a node's heartbeat may be silent before the other nodes sharing its
+    /// PostgreSQL re-queue the chunks it was running (they run again: at least once). A node
+    /// heartbeats every third of it.
+    #[arg(long, env = "POOLD_NODE_LEASE", default_value_t = 10.0)]
+    pub node_lease: f64,
     /// Log format.
     #[arg(long, env = "POOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -139,10 +145,14 @@ impl clap::builder::TypedValueParser for DatabaseParser {
 }
 
 impl ServeArgs {
+    pub fn node_lease(&self) -> Duration {
+        Duration::from_secs_f64(self.node_lease)
+    }
+
+    /// Worker processes; 0 only on PostgreSQL (see [`ServeArgs::check`]).
     pub fn pool_size(&self) -> usize {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
     }
 
     /// Refuse settings that would be unsafe or meaningless, before anything starts.
@@ -177,6 +187,18 @@ impl ServeArgs {
         }
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");
+        }
+        if self.workers == Some(0) && matches!(self.database, DatabaseLocation::Sqlite(_)) {
+            bail!(
+                "--workers 0 needs a PostgreSQL --database shared with nodes that have workers \
+                 (on SQLite nothing would run the jobs)"
+            );
+        }
+        if !(self.node_lease.is_finite() && (0.5..=3600.0).contains(&self.node_lease)) {
+            bail!(
+                "--node-lease must be 0.5 to 3600 seconds, got {}",
+                self.node_lease
+            );
         }
         if self.max_body_bytes == 0 || self.max_body_bytes > u32::MAX as usize {
             bail!(

@@ -45,6 +45,15 @@ impl EventBus {
         }
     }
 
+    /// Wake everyone watching any job (after notifications from other nodes may have been
+    /// lost: see `crate::cluster`).
+    pub fn notify_all(&self) {
+        let jobs = self.jobs.lock().expect("event bus lock");
+        for sender in jobs.values() {
+            sender.send_modify(|version| *version += 1);
+        }
+    }
+
     /// How many streams and long-polls are watching some job.
     pub fn subscribers(&self) -> usize {
         let jobs = self.jobs.lock().expect("event bus lock");

@@ -14,10 +14,14 @@
 //! the container probe. `metrics` names every Prometheus metric (recorded by `pool` and `api`);
 //! `retention` deletes expired jobs through the store; `limits` holds every bound on what poold
 //! accepts (checked by `jobs` at the door, by `pool` on workers' results and on resume).
+//! `cluster` is this process as a node: who it is, and on PostgreSQL (several nodes sharing one
+//! database) its heartbeat and its listener, which turn other nodes' notifications into calls
+//! on `events` and `pool` (`app -> cluster -> {store, pool, events}`).
 
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod healthcheck;

@@ -162,6 +162,11 @@ pub struct Chunk {
     pub size: u64,
     /// JSON array of the chunk's items.
     pub items: Box<RawValue>,
+    /// The claim this node runs it under, checked when it is recorded (on a store shared by
+    /// several nodes; 0 on SQLite, where one node runs everything and nothing is claimed).
+    pub lease: u64,
+    /// Runs of it lost with a node that stopped heartbeating (they count as attempts).
+    pub attempts: u32,
 }
 
 /// Pool.map's automatic chunksize, `ceil(len / (4 * workers))`, capped so that a large job

@@ -2,7 +2,8 @@
 //! the server the binary's tests share). Meanwhile new jobs get 503 with `Retry-After`,
 //! `/readyz` says why, reads answer 503 instead of hanging, and the running job's results wait
 //! in memory; once the server is back, poold carries on by itself and the job completes with
-//! every index recorded exactly once.
+//! every index recorded exactly once. Two nodes share the database: both reconnect, and the
+//! job's chunks ran on both.
 
 mod common;
 
@@ -16,7 +17,21 @@ async fn a_postgres_outage_mid_job_loses_nothing_and_answers_503_meanwhile() {
     if !postgres::available() {
         return;
     }
-    let app = TestApp::spawn_on(Backend::Postgres, &["--workers", "2"]).await;
+    // The outage outlasts the nodes' lease: when the server is back, every heartbeat is late,
+    // and neither node may strand the other's claims (each gives back what it does not hold).
+    let app = TestApp::spawn_on(Backend::Postgres, &["--workers", "2", "--node-lease", "3"]).await;
+    let other = TestApp::start(
+        &app.db,
+        &[
+            "--workers",
+            "1",
+            "--node-name",
+            "other",
+            "--node-lease",
+            "3",
+        ],
+    )
+    .await;
     let items: Vec<f64> = vec![0.02; 300];
     let id = app
         .submit(json!({"function": "sleep", "items": items, "chunksize": 2}))
@@ -82,4 +97,26 @@ async fn a_postgres_outage_mid_job_loses_nothing_and_answers_503_meanwhile() {
         .await;
     assert_eq!(app.wait_job(&after).await["status"], "completed");
     assert_eq!(app.get("/readyz").await.status(), 200);
+
+    // Both nodes came back: alive, and the job's chunks ran on both.
+    assert_eq!(other.get("/readyz").await.status(), 200);
+    let nodes: serde_json::Value = other.get("/v1/nodes").await.json().await.unwrap();
+    let alive = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "alive")
+        .count();
+    assert_eq!(alive, 2, "{nodes}");
+    let pool = app.pool().await;
+    let mut ran = std::collections::BTreeMap::<String, u64>::new();
+    for worker in pool["workers"].as_array().unwrap() {
+        *ran.entry(worker["node"].as_str().unwrap().to_string())
+            .or_default() += worker["tasks_completed"].as_u64().unwrap();
+    }
+    assert_eq!(ran.len(), 2, "{pool}");
+    assert!(
+        ran.values().all(|&n| n > 0),
+        "chunks ran on both nodes: {ran:?}"
+    );
 }

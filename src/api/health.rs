@@ -80,7 +80,8 @@ async fn get_readiness(State(state): State<AppState>) -> Result<Json<Health>, Ap
         .iter()
         .filter(|w| w.state != WorkerState::Starting)
         .count();
-    if ready == 0 {
+    // A node without workers (`--workers 0`, PostgreSQL) serves the API for the other nodes.
+    if ready == 0 && pool.size > 0 {
         let why = pool
             .last_error
             .unwrap_or_else(|| "workers are starting".into());

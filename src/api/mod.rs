@@ -32,9 +32,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use crate::cluster::Node;
 pub use auth::token_digest;
 pub use error::{ApiError, Problem};
-pub use pool::Node;
 pub use server::{ConnectionLimits, serve};
 
 use crate::events::EventBus;

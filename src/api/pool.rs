@@ -1,6 +1,5 @@
 //! `/v1/pool` (workers, close/open like `Pool.close`), `/v1/nodes` and `/v1/functions`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -23,35 +22,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(open_pool))
         .routes(routes!(list_nodes))
         .routes(routes!(list_functions))
-}
-
-/// This poold process as a node of the pool: one poold on SQLite is one node, which runs every
-/// worker of `GET /v1/pool`.
-#[derive(Debug)]
-pub struct Node {
-    id: uuid::Uuid,
-    name: String,
-    address: String,
-    started_at: OffsetDateTime,
-}
-
-impl Node {
-    /// A node named `name` (default: the host name and the port) serving on `address`.
-    pub fn new(name: Option<String>, address: SocketAddr) -> Self {
-        let name = name.unwrap_or_else(|| {
-            let host = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", address.port())
-        });
-        Self {
-            id: uuid::Uuid::now_v7(),
-            name,
-            address: address.to_string(),
-            started_at: OffsetDateTime::now_utc(),
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -97,59 +67,93 @@ pub struct PoolDto {
     last_error: Option<String>,
 }
 
-fn pool_dto(snapshot: PoolSnapshot, accepting: bool, node: &Node) -> PoolDto {
-    PoolDto {
-        size: snapshot.size,
-        accepting,
-        queued_chunks: snapshot.queued_chunks,
-        workers: snapshot
-            .workers
-            .into_iter()
-            .map(|w| WorkerDto {
-                id: w.id,
-                pid: w.pid,
-                state: match w.state {
-                    WorkerState::Starting => WorkerStateDto::Starting,
-                    WorkerState::Idle => WorkerStateDto::Idle,
-                    WorkerState::Busy => WorkerStateDto::Busy,
-                },
-                job_id: w.job_id,
-                tasks_completed: w.tasks_completed,
-                items_completed: w.items_completed,
-                restarts: w.restarts,
-                node: node.id,
-            })
-            .collect(),
-        last_error: snapshot.last_error,
-    }
+/// The workers of one node's snapshot, as DTOs.
+fn worker_dtos(snapshot: PoolSnapshot, node: uuid::Uuid) -> impl Iterator<Item = WorkerDto> {
+    snapshot.workers.into_iter().map(move |w| WorkerDto {
+        id: w.id,
+        pid: w.pid,
+        state: match w.state {
+            WorkerState::Starting => WorkerStateDto::Starting,
+            WorkerState::Idle => WorkerStateDto::Idle,
+            WorkerState::Busy => WorkerStateDto::Busy,
+        },
+        job_id: w.job_id,
+        tasks_completed: w.tasks_completed,
+        items_completed: w.items_completed,
+        restarts: w.restarts,
+        node,
+    })
 }
 
+/// The pool as `GET /v1/pool` shows it: this node's, or on a shared store every live node's
+/// (each other node as its last heartbeat said, at most a third of its lease ago).
 async fn current(state: &AppState) -> Result<Json<PoolDto>, ApiError> {
-    Ok(Json(pool_dto(
-        state.pool.snapshot().await?,
-        state.pool.accepting(),
-        &state.node,
-    )))
+    let own = state.pool.snapshot().await?;
+    let accepting = state.pool.accepting();
+    let Some(cluster) = state.store.cluster() else {
+        return Ok(Json(PoolDto {
+            size: own.size,
+            accepting,
+            queued_chunks: own.queued_chunks,
+            last_error: own.last_error.clone(),
+            workers: worker_dtos(own, state.node.id).collect(),
+        }));
+    };
+    let nodes = cluster.nodes(Duration::ZERO).await?;
+    let queued_chunks = cluster.queued_chunks().await?;
+    let last_error = own.last_error.clone();
+    let mut size = own.size;
+    let mut workers: Vec<WorkerDto> = worker_dtos(own, state.node.id).collect();
+    for node in nodes {
+        let Ok(id) = node.id.parse::<uuid::Uuid>() else {
+            continue;
+        };
+        if id == state.node.id || !matches!(node.state.as_str(), "alive" | "draining") {
+            continue;
+        }
+        // A node that has not heartbeaten yet shows no workers.
+        let Ok(snapshot) = serde_json::from_str::<PoolSnapshot>(&node.pool) else {
+            continue;
+        };
+        size += snapshot.size;
+        workers.extend(worker_dtos(snapshot, id));
+    }
+    Ok(Json(PoolDto {
+        size,
+        accepting,
+        queued_chunks,
+        workers,
+        last_error,
+    }))
 }
 
-/// The pool's workers and queue.
+/// The pool's workers and queue: on PostgreSQL, every live node's.
 #[utoipa::path(get, path = "/v1/pool", tag = "pool", responses((status = 200, body = PoolDto)))]
 async fn get_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
     current(&state).await
 }
 
-/// `Pool.close()`: stop accepting jobs; queued work still runs.
+/// Open or close the pool to new jobs: on PostgreSQL, every node.
+async fn set_accepting(state: &AppState, accepting: bool) -> Result<(), ApiError> {
+    if let Some(cluster) = state.store.cluster() {
+        cluster.set_accepting(accepting).await?;
+    }
+    state.pool.set_accepting(accepting);
+    Ok(())
+}
+
+/// `Pool.close()`: stop accepting jobs (on PostgreSQL, on every node); queued work still runs.
 #[utoipa::path(post, path = "/v1/pool/close", tag = "pool", responses((status = 200, body = PoolDto)))]
 async fn close_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
-    state.pool.set_accepting(false);
+    set_accepting(&state, false).await?;
     tracing::info!("pool closed to new jobs");
     current(&state).await
 }
 
-/// Accept jobs again after a close.
+/// Accept jobs again after a close (on PostgreSQL, on every node).
 #[utoipa::path(post, path = "/v1/pool/open", tag = "pool", responses((status = 200, body = PoolDto)))]
 async fn open_pool(State(state): State<AppState>) -> Result<Json<PoolDto>, ApiError> {
-    state.pool.set_accepting(true);
+    set_accepting(&state, true).await?;
     tracing::info!("pool open to new jobs");
     current(&state).await
 }
@@ -161,6 +165,11 @@ pub enum NodeStateDto {
     Alive,
     /// Shutting down: new jobs get 503, running chunks finish.
     Draining,
+    /// Shut down; listed for an hour after.
+    Stopped,
+    /// Its heartbeat went silent past its lease: other nodes re-queued its chunks. Listed for
+    /// an hour after its last heartbeat (or until it heartbeats again: then it is alive).
+    Lost,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -173,7 +182,8 @@ pub struct NodeDto {
     address: String,
     /// RFC 3339.
     started_at: String,
-    /// When it last said it was alive (RFC 3339); on one node, the time of the answer.
+    /// When it last said it was alive (RFC 3339, the database server's clock); on SQLite, the
+    /// time of the answer.
     heartbeat_at: String,
     /// Its worker processes (slots).
     workers: usize,
@@ -185,26 +195,51 @@ pub struct NodesDto {
     nodes: Vec<NodeDto>,
 }
 
-/// The nodes of the pool: one poold on SQLite is one node.
+/// The nodes of the pool: one poold on SQLite is one node; on PostgreSQL, every node sharing
+/// the database (alive or draining, and those stopped or lost within the last hour), oldest
+/// first.
 #[utoipa::path(get, path = "/v1/nodes", tag = "pool", responses((status = 200, body = NodesDto)))]
 async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodesDto>, ApiError> {
     let node = &state.node;
-    let snapshot = state.pool.snapshot().await?;
-    Ok(Json(NodesDto {
-        nodes: vec![NodeDto {
-            id: node.id,
-            name: node.name.clone(),
-            address: node.address.clone(),
-            started_at: format_time(node.started_at),
-            heartbeat_at: format_time(OffsetDateTime::now_utc()),
-            workers: snapshot.size,
-            state: if state.shutdown.is_cancelled() {
-                NodeStateDto::Draining
-            } else {
-                NodeStateDto::Alive
-            },
-        }],
-    }))
+    let Some(cluster) = state.store.cluster() else {
+        let snapshot = state.pool.snapshot().await?;
+        return Ok(Json(NodesDto {
+            nodes: vec![NodeDto {
+                id: node.id,
+                name: node.name.clone(),
+                address: node.address.clone(),
+                started_at: format_time(node.started_at),
+                heartbeat_at: format_time(OffsetDateTime::now_utc()),
+                workers: snapshot.size,
+                state: if state.shutdown.is_cancelled() {
+                    NodeStateDto::Draining
+                } else {
+                    NodeStateDto::Alive
+                },
+            }],
+        }));
+    };
+    let rows = cluster.nodes(crate::cluster::LISTED_AFTER_END).await?;
+    let nodes = rows
+        .into_iter()
+        .filter_map(|row| {
+            Some(NodeDto {
+                id: row.id.parse().ok()?,
+                name: row.name,
+                address: row.address,
+                started_at: row.started_at,
+                heartbeat_at: row.heartbeat_at,
+                workers: row.workers,
+                state: match row.state.as_str() {
+                    "alive" => NodeStateDto::Alive,
+                    "draining" => NodeStateDto::Draining,
+                    "stopped" => NodeStateDto::Stopped,
+                    _ => NodeStateDto::Lost,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(NodesDto { nodes }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

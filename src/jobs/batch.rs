@@ -109,6 +109,8 @@ impl ChunkBatcher {
                     start_index: self.current_start,
                     size: u64::from(self.current_items),
                     items: RawValue::from_string(self.current.clone()).expect("items are JSON"),
+                    lease: 0,
+                    attempts: 0,
                 });
             } else {
                 self.kept = None;

@@ -175,13 +175,28 @@ impl JobService {
     ) -> Result<(Job, bool)> {
         submission.batcher.close();
         submission.take_piece();
-        let kept = submission.batcher.kept();
+        // A small job's chunks go to this node's supervisor with the news of the job. On a
+        // shared store they are then claimed by this node, so only when its workers can start
+        // them all at once: a bigger job's chunks spread over every node's workers.
+        let cluster = self.inner.store.cluster();
+        let kept = submission
+            .batcher
+            .kept()
+            .filter(|chunks| cluster.is_none() || chunks.len() <= self.inner.limits.workers);
+        let claim = kept.as_ref().map(|_| cluster.map_or(0, |c| c.next_lease()));
+        let kept = kept.map(|mut chunks| {
+            for chunk in &mut chunks {
+                chunk.lease = claim.unwrap_or_default();
+            }
+            chunks
+        });
         let total = submission.batcher.items();
         let job = spec::new_job(submission.spec, total, false);
         let new = NewJob {
             job: job.clone(),
             pieces: submission.pieces,
             idempotency: idempotency.clone(),
+            claim,
         };
         if let Err(e) = self.inner.store.create_job(new).await {
             return match self.earlier(idempotency.as_ref()).await? {

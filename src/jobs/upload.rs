@@ -41,6 +41,7 @@ impl JobService {
                 job: job.clone(),
                 pieces: Vec::new(),
                 idempotency: None,
+                claim: None,
             })
             .await?;
         tracing::info!(job.id = %job.id, function = %job.spec.function, "streamed job accepted; its items are arriving");

@@ -96,14 +96,17 @@ impl ExitReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Starting,
     Idle,
     Busy,
 }
 
-#[derive(Debug, Clone)]
+/// One worker slot, as `GET /v1/pool` shows it (and as a node's heartbeat stores it for the
+/// other nodes: see `crate::cluster`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     pub id: usize,
     pub pid: Option<u32>,
@@ -115,17 +118,23 @@ pub struct WorkerInfo {
     pub restarts: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PoolSnapshot {
     pub size: usize,
+    /// Chunks this node holds for its workers that have not started (on SQLite: every queued
+    /// chunk; on a shared store, those it claimed).
     pub queued_chunks: u64,
     pub workers: Vec<WorkerInfo>,
     /// Why workers cannot start, if they cannot (bad command, protocol mismatch).
     pub last_error: Option<String>,
+    /// What its workers offer, once one has said hello (a node without workers learns it
+    /// from another node's snapshot: see `crate::cluster`).
+    #[serde(default)]
+    pub offer: Option<WorkerOffer>,
 }
 
 /// What the workers offer, as the latest `hello` said (every slot runs the same command).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerOffer {
     pub functions: Vec<FunctionInfo>,
     /// Codecs of item values they accept (`json` always).
@@ -146,6 +155,8 @@ impl WorkerOffer {
 enum Command {
     ChunksStored(Box<Job>, u64, Option<Vec<Chunk>>),
     JobEnded(JobId),
+    WorkAvailable(Vec<JobId>),
+    AuditClaims { lost: bool },
     Snapshot(oneshot::Sender<PoolSnapshot>),
 }
 
@@ -153,6 +164,9 @@ enum Command {
 pub struct PoolHandle {
     commands: mpsc::Sender<Command>,
     offer: watch::Receiver<Option<Arc<WorkerOffer>>>,
+    /// The supervisor's sender of `offer`, for a node without workers (see
+    /// [`PoolHandle::adopt_offer`]).
+    offer_tx: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
     accepting: Arc<AtomicBool>,
 }
 
@@ -165,16 +179,18 @@ pub fn start(
 ) -> (PoolHandle, tokio::task::JoinHandle<()>) {
     let (commands, commands_rx) = mpsc::channel(1024);
     let (offer_tx, offer) = watch::channel(None);
+    let offer_tx = Arc::new(offer_tx);
     let task = tokio::spawn(supervisor::run(
         config,
         store,
         commands_rx,
-        offer_tx,
+        offer_tx.clone(),
         shutdown,
     ));
     let handle = PoolHandle {
         commands,
         offer,
+        offer_tx,
         accepting: Arc::new(AtomicBool::new(true)),
     };
     (handle, task)
@@ -206,6 +222,26 @@ impl PoolHandle {
             .map_err(|_| Error::Stopped)
     }
 
+    /// These jobs have chunks no node has claimed (another node stored them, or re-queued
+    /// them from a lost node): schedule them, reading a job this node does not know yet.
+    pub async fn work_available(&self, ids: Vec<JobId>) -> Result<(), Error> {
+        self.commands
+            .send(Command::WorkAvailable(ids))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// On a shared store: give back the claims the supervisor does not hold (none should be
+    /// left, but the answer to a claim can be lost with its connection). With `lost` (this
+    /// node was declared lost: the chunks it claimed and has not started may be running
+    /// elsewhere), first forget the chunks not yet running, and claim again.
+    pub async fn audit_claims(&self, lost: bool) -> Result<(), Error> {
+        self.commands
+            .send(Command::AuditClaims { lost })
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
     pub async fn snapshot(&self) -> Result<PoolSnapshot, Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -226,7 +262,20 @@ impl PoolHandle {
         }
     }
 
-    /// `Pool.close()`: whether new jobs are accepted.
+    /// A node without workers (`--workers 0`, on a shared store) serves what the other nodes'
+    /// workers offer: `crate::cluster` hands it over from their heartbeats.
+    pub fn adopt_offer(&self, offer: WorkerOffer) {
+        self.offer_tx.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(&offer);
+            if changed {
+                *current = Some(Arc::new(offer));
+            }
+            changed
+        });
+    }
+
+    /// `Pool.close()`: whether new jobs are accepted (on a shared store, as the cluster last
+    /// said: see `crate::cluster`).
     pub fn accepting(&self) -> bool {
         self.accepting.load(Ordering::SeqCst)
     }

@@ -7,6 +7,10 @@
 //! 100,000-item job gets the next free worker instead of waiting for the big one. A job with
 //! `max_concurrency` is passed over while that many of its chunks are in flight (pipelined
 //! ones included), whatever its priority.
+//!
+//! On a store shared by several nodes the window holds chunks this node *claimed*: only as many
+//! as its free workers will start within about [`CLAIM_AHEAD`], so that a job's chunks spread
+//! over every node's workers while short chunks still come in batches.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -16,6 +20,11 @@ use crate::store::Store;
 
 /// Items fetched per refill of a job's window (at least a few chunks).
 const WINDOW_ITEMS: u32 = 4096;
+/// On a shared store, a claim takes the chunks free workers will start within this time (as
+/// the job's chunks have run so far), at least one per free worker.
+const CLAIM_AHEAD: f64 = 0.05;
+/// The most chunks one claim takes.
+const MAX_CLAIM: u32 = 256;
 
 /// A chunk waiting to run, with the runs it already had.
 #[derive(Debug)]
@@ -27,11 +36,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// A chunk to run for the first time.
+    /// A chunk to run, with the runs it lost with nodes (see `Chunk::attempts`).
     pub fn new(chunk: Chunk) -> Self {
         Self {
+            attempts: chunk.attempts,
             chunk,
-            attempts: 0,
             piece_of: None,
         }
     }
@@ -116,6 +125,37 @@ impl Queue {
         });
     }
 
+    /// Another node stored (or re-queued) chunks of a scheduled job: claim again.
+    pub fn more_work(&mut self, id: JobId) -> bool {
+        match self.get_mut(id) {
+            Some(job) => {
+                job.unfetched = job.unfetched.max(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// This node's claims were taken away (it was declared lost): forget every chunk not yet
+    /// running, and claim again. Pieces of a split chunk stay (their chunk is held while it is
+    /// split; see `supervisor::outcomes`).
+    pub fn drop_claims(&mut self) {
+        for job in &mut self.jobs {
+            job.ready.retain(|pending| pending.piece_of.is_some());
+            job.unfetched = job.unfetched.max(1);
+            job.last_fetched = None;
+        }
+    }
+
+    /// The chunks waiting in the windows, as (job, chunk start).
+    pub fn held(&self) -> impl Iterator<Item = (JobId, u64)> + '_ {
+        self.jobs.iter().flat_map(|job| {
+            job.ready
+                .iter()
+                .map(move |p| (job.id, p.piece_of.unwrap_or(p.chunk.start_index)))
+        })
+    }
+
     pub fn remove(&mut self, id: JobId) -> Option<ActiveJob> {
         let at = self.jobs.iter().position(|job| job.id == id)?;
         Some(self.jobs.remove(at))
@@ -169,9 +209,10 @@ impl Queue {
         }
     }
 
-    /// Take the next chunk to run, refilling a job's window from the store when it is empty.
-    /// The caller counts it in flight.
-    pub async fn next(&mut self, store: &Store) -> Option<(JobId, Pending)> {
+    /// Take the next chunk to run, refilling a job's window from the store when it is empty
+    /// (`free`: how many workers can take a chunk now). The caller counts it in flight.
+    pub async fn next(&mut self, store: &Store, free: u32) -> Option<(JobId, Pending)> {
+        let shared = store.cluster().is_some();
         loop {
             let job = self
                 .jobs
@@ -185,8 +226,15 @@ impl Queue {
                     )
                 })?;
             if job.ready.is_empty() {
-                let limit = (WINDOW_ITEMS / job.spec.chunksize.max(1)).clamp(4, 256);
-                match store.queued_chunks(job.id, job.last_fetched, limit).await {
+                let limit = if shared {
+                    let per_worker = job
+                        .chunk_secs
+                        .map_or(1.0, |secs| (CLAIM_AHEAD / secs.max(1e-6)).ceil().max(1.0));
+                    (f64::from(free.max(1)) * per_worker).min(f64::from(MAX_CLAIM)) as u32
+                } else {
+                    (WINDOW_ITEMS / job.spec.chunksize.max(1)).clamp(4, 256)
+                };
+                match store.claim_chunks(job.id, job.last_fetched, limit).await {
                     Ok(chunks) => {
                         let fetched = chunks.len() as u64;
                         job.unfetched = if fetched < u64::from(limit) {

@@ -13,8 +13,11 @@
 //! the supervisor's job starts and chunk records are sent without waiting and committed in
 //! order. After each commit the store calls its [`CommitHook`] with the jobs that changed:
 //! persist first, publish second; one writer ([`writer`]) does this for every backend.
-//! Backends: [`sqlite`] (embedded, one machine) and [`postgres`] (a database server; one node
-//! today, several nodes sharing it later), chosen by [`DatabaseLocation`].
+//! Backends: [`sqlite`] (embedded, one machine: one node runs everything) and [`postgres`] (a
+//! database server that several nodes share), chosen by [`DatabaseLocation`]. On a shared
+//! store each node claims the chunks it runs ([`Store::claim_chunks`]) and records a chunk
+//! only under its claim; [`Store::cluster`] is the rest of what nodes share (heartbeats,
+//! re-queues of a lost node's chunks, notifications between nodes).
 
 mod location;
 mod pages;
@@ -29,6 +32,7 @@ use time::OffsetDateTime;
 
 pub use location::DatabaseLocation;
 pub use pages::{CompletionCursor, ResultsPage};
+pub use postgres::cluster::{Cluster, Notice, NoticeKind};
 pub use rows::format_time;
 
 use crate::model::{Chunk, Job, JobId, JobStatus};
@@ -71,6 +75,10 @@ pub struct NewJob {
     pub pieces: Vec<String>,
     /// The client's `Idempotency-Key` and the hash of its request.
     pub idempotency: Option<Idempotency>,
+    /// Its chunks are handed to this node's supervisor with the news of the job, under this
+    /// lease (`Cluster::next_lease`; 0 on SQLite): on a shared store they are stored claimed by
+    /// this node, so that no other node runs them.
+    pub claim: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +104,28 @@ pub struct ChunkRecord {
     /// `fail_fast` tripped on this chunk: the job fails with this reason in the same
     /// transaction (so a job whose last item fails ends `failed`, not `completed`).
     pub fail_job: Option<String>,
+    /// The claim it ran under (`Chunk::lease`): on a shared store, the record is refused
+    /// unless this node still holds that claim.
+    pub lease: u64,
+}
+
+/// A node sharing the store, as the nodes table holds it (see `crate::cluster`).
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, the database server's clock.
+    pub heartbeat_at: String,
+    /// Its `--node-lease`.
+    pub lease: Duration,
+    pub workers: usize,
+    /// `alive`, `draining`, `stopped` or `lost`.
+    pub state: String,
+    /// Its pool's last snapshot, as `crate::cluster` wrote it (JSON).
+    pub pool: String,
 }
 
 /// The store, whichever backend holds it. A cheap clone.
@@ -117,9 +147,11 @@ macro_rules! backend {
 
 impl Store {
     /// Open the database at `location` (a SQLite file is created if needed), apply migrations
-    /// and start the writer. The task handle ends once every clone of the store is dropped.
+    /// and start the writer; on a shared store, register `node` among the nodes. The task
+    /// handle ends once every clone of the store is dropped.
     pub async fn open(
         location: &DatabaseLocation,
+        node: &NodeRow,
         on_commit: CommitHook,
     ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
         Ok(match location {
@@ -128,10 +160,18 @@ impl Store {
                 (Self::Sqlite(store), task)
             }
             DatabaseLocation::Postgres(url) => {
-                let (store, task) = postgres::PgStore::open(url, on_commit).await?;
+                let (store, task) = postgres::PgStore::open(url, node, on_commit).await?;
                 (Self::Postgres(store), task)
             }
         })
+    }
+
+    /// What nodes sharing the store share besides jobs (None on SQLite: one node).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.cluster()),
+        }
     }
 
     /// Stop reading (at shutdown); the writer stops once every clone is dropped.
@@ -227,6 +267,13 @@ impl Store {
         }
     }
 
+    /// This node stops (after its supervisor has drained): on a shared store, the chunks it
+    /// claimed and did not run go back to the other nodes at once, once everything it
+    /// recorded is committed. Nothing on SQLite.
+    pub async fn leave(&self) -> Result<()> {
+        self.writer().call(Op::Leave).await.map(drop)
+    }
+
     // ---- writes of the supervisor (not waited for; committed in order) ----
 
     /// The job's first chunk was sent to a worker.
@@ -281,16 +328,23 @@ impl Store {
         backend!(self, s => s.unfinished_jobs().await)
     }
 
-    /// Up to `limit` queued chunks of a job whose first item comes after `after`, in order.
-    pub async fn queued_chunks(
+    /// Up to `limit` queued chunks of a job for this node to run, in order. On SQLite, those
+    /// whose first item comes after `after` (this node runs all of them); on a shared store,
+    /// chunks no node has claimed, which this node now claims (whatever `after`).
+    pub async fn claim_chunks(
         &self,
         id: JobId,
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Chunk>> {
-        backend!(self, s => s.queued_chunks(id, after, limit).await)
+        match self {
+            Store::Sqlite(s) => s.queued_chunks(id, after, limit).await,
+            Store::Postgres(s) => s.cluster().claim(id, limit).await,
+        }
     }
 
+    /// Queued chunks of a job that this node may run: all of them on SQLite; on a shared
+    /// store, those no node has claimed.
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
         backend!(self, s => s.count_queued_chunks(id).await)
     }

@@ -117,6 +117,36 @@ pub(super) fn parse_queued_chunks(text: &str) -> Result<Vec<Chunk>, Error> {
                 start_index,
                 size,
                 items,
+                lease: 0,
+                attempts: 0,
+            })
+        })
+        .collect()
+}
+
+/// Claimed chunks as `start size attempts items` entries separated by U+001F, all under
+/// `lease` (see `postgres::cluster`).
+pub(super) fn parse_claimed_chunks(text: &str, lease: u64) -> Result<Vec<Chunk>, Error> {
+    text.split('\u{1f}')
+        .map(|entry| {
+            let mut fields = entry.splitn(4, ' ');
+            let mut number = || {
+                fields
+                    .next()
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .ok_or_else(|| Error::Corrupt(format!("a claimed chunk: {entry:.80}")))
+            };
+            let (start_index, size, attempts) = (number()?, number()?, number()?);
+            let items = fields
+                .next()
+                .and_then(|items| RawValue::from_string(items.to_string()).ok())
+                .ok_or_else(|| Error::Corrupt(format!("a claimed chunk's items: {entry:.80}")))?;
+            Ok(Chunk {
+                start_index,
+                size,
+                items,
+                lease,
+                attempts: attempts.min(u64::from(u32::MAX)) as u32,
             })
         })
         .collect()

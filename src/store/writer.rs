@@ -80,6 +80,9 @@ pub enum Op {
     PurgeFinished {
         before: OffsetDateTime,
     },
+    /// This node stops: on a shared store, give back the claims of chunks it did not run and
+    /// mark it stopped — after every record sent before (the writer applies ops in order).
+    Leave,
 }
 
 #[derive(Debug)]
@@ -100,7 +103,7 @@ impl Op {
             | Op::MarkStarted { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => Some(*id),
-            Op::PurgeFinished { .. } => None,
+            Op::PurgeFinished { .. } | Op::Leave => None,
         }
     }
 
@@ -113,7 +116,8 @@ impl Op {
             Op::MarkStarted { .. }
             | Op::FinishJob { .. }
             | Op::DeleteJob { .. }
-            | Op::PurgeFinished { .. } => 64,
+            | Op::PurgeFinished { .. }
+            | Op::Leave => 64,
         }
     }
 
@@ -464,6 +468,7 @@ fn unstorable(record: &ChunkRecord, e: &Error, at: OffsetDateTime) -> Op {
                 &message,
             ),
             fail_job: record.fail_job.clone(),
+            lease: record.lease,
         }),
         at,
     }

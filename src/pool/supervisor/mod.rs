@@ -89,7 +89,7 @@ struct Supervisor {
     slots: Vec<Slot>,
     queue: Queue,
     events: mpsc::UnboundedSender<Event>,
-    offer: watch::Sender<Option<Arc<WorkerOffer>>>,
+    offer: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
     next_task_id: u64,
     last_error: Option<String>,
     draining: bool,
@@ -103,7 +103,7 @@ pub async fn run(
     config: PoolConfig,
     store: Store,
     mut commands: mpsc::Receiver<Command>,
-    offer: watch::Sender<Option<Arc<WorkerOffer>>>,
+    offer: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
     shutdown: CancellationToken,
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
@@ -221,6 +221,56 @@ impl Supervisor {
         }
     }
 
+    /// Schedule a job another node stored (its chunks are claimed as workers free up).
+    async fn schedule_stored(&mut self, id: JobId) {
+        match self.store.get_job(id).await {
+            Ok(Some(job)) if !job.status.is_finished() => {
+                if let Err(why) = crate::limits::check_stored(&job.spec) {
+                    tracing::warn!(job.id = %id, reason = %why, "not running a job outside this node's limits");
+                    return;
+                }
+                self.queue.add(&job, 1, None);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job.id = %id, error = %e, "could not read a job with work"),
+        }
+    }
+
+    /// Give back the claims this node does not hold: not waiting in a window, not running,
+    /// not split into pieces (see `PoolHandle::audit_claims`). Inline, so that nothing is
+    /// claimed meanwhile.
+    async fn audit_claims(&mut self) {
+        let Some(cluster) = self.store.cluster() else {
+            return;
+        };
+        let running = self.slots.iter().flat_map(|slot| {
+            slot.in_flight.iter().map(|f| {
+                let start = f.pending.piece_of.unwrap_or(f.pending.chunk.start_index);
+                (f.job, start)
+            })
+        });
+        let held: Vec<(JobId, u64)> = self
+            .queue
+            .held()
+            .chain(running)
+            .chain(self.splits.keys().copied())
+            .collect();
+        match cluster.release_unheld(&held).await {
+            Ok(released) => {
+                if !released.is_empty() {
+                    tracing::info!(
+                        jobs = released.len(),
+                        "gave back claims this node no longer held"
+                    );
+                }
+                for id in released {
+                    self.queue.more_work(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check this node's claims; will retry"),
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.slots.iter().map(|s| s.in_flight.len()).sum()
     }
@@ -234,6 +284,19 @@ impl Supervisor {
                 }
             }
             Command::JobEnded(id) => self.drop_job(id),
+            Command::WorkAvailable(ids) => {
+                for id in ids {
+                    if !self.queue.more_work(id) {
+                        self.schedule_stored(id).await;
+                    }
+                }
+            }
+            Command::AuditClaims { lost } => {
+                if lost {
+                    self.queue.drop_claims();
+                }
+                self.audit_claims().await;
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -389,7 +452,7 @@ impl Supervisor {
                 self.throttled = true;
                 return;
             }
-            let free = (0..self.slots.len())
+            let free: Vec<usize> = (0..self.slots.len())
                 .filter(|&i| {
                     let slot = &self.slots[i];
                     slot.state == SlotState::Ready
@@ -401,9 +464,12 @@ impl Supervisor {
                             .max_tasks_per_worker
                             .is_none_or(|max| slot.tasks_sent < max)
                 })
-                .min_by_key(|&i| self.slots[i].in_flight.len());
-            let Some(index) = free else { return };
-            let Some((job_id, pending)) = self.queue.next(&self.store).await else {
+                .collect();
+            let Some(&index) = free.iter().min_by_key(|&&i| self.slots[i].in_flight.len()) else {
+                return;
+            };
+            let Some((job_id, pending)) = self.queue.next(&self.store, free.len() as u32).await
+            else {
                 return;
             };
             let job = self
@@ -478,6 +544,7 @@ impl Supervisor {
             queued_chunks: self.queue.queued_chunks(),
             workers,
             last_error: self.last_error.clone(),
+            offer: self.offer.borrow().as_deref().cloned(),
         }
     }
 }

@@ -54,6 +54,7 @@ impl Supervisor {
             start: chunk.start_index,
             outcomes,
             fail_job,
+            lease: chunk.lease,
         });
         if failing {
             self.drop_job(job_id);
@@ -94,6 +95,8 @@ impl Supervisor {
                 size: 1,
                 items: RawValue::from_string(format!("[{}]", item.get()))
                     .expect("an item in brackets is JSON"),
+                lease: chunk.lease,
+                attempts: 0,
             };
             self.queue.requeue(
                 job_id,

@@ -1,5 +1,5 @@
-//! The PostgreSQL backend: one database server, reached over the network (today one poold node
-//! uses it; several nodes sharing it is the cluster part of issue 12).
+//! The PostgreSQL backend: one database server, reached over the network, shared by any number
+//! of poold nodes ([`cluster`]: claims, heartbeats, re-queues, notifications).
 //!
 //! Reads go through a [`PgPool`] on the caller's task. Every write goes through the store's
 //! single writer thread (`store::writer`; here [`writer`] its connection, SQL in [`ops`]),
@@ -10,22 +10,21 @@
 //! runs: several nodes starting at once apply each migration once, the others wait for it.
 //! Called by `store::Store`, which picks this backend for a `postgres://` `--database`.
 
+pub mod cluster;
 mod ops;
 mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Row};
-use time::OffsetDateTime;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Row};
 
-use super::rows::{
-    JobRow, format_time, parse_completion_sizes, parse_queued_chunks, unfinished_jobs,
-};
+use super::rows::{JobRow, parse_completion_sizes, unfinished_jobs};
 use super::writer::Writer;
-use super::{CommitHook, Error, Result};
-use crate::model::{Chunk, Job, JobId, JobStatus};
+use super::{CommitHook, Error, NodeRow, Result};
+use crate::model::{Job, JobId, JobStatus};
+use cluster::Cluster;
 use writer::PgWriter;
 
 /// Connections for reads (SSE streams, long-polls, pages, the supervisor's chunk fetches).
@@ -39,12 +38,17 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct PgStore {
     pool: PgPool,
     writer: Writer,
+    cluster: Cluster,
+    /// The one connection `LISTEN` holds (see [`PgStore::listener`]).
+    listen: PgPool,
 }
 
 impl PgStore {
-    /// Connect to the database at `url`, apply migrations and start the writer.
+    /// Connect to the database at `url`, apply migrations, register `node` among the nodes
+    /// (re-queueing what lost nodes held) and start the writer.
     pub async fn open(
         url: &str,
+        node: &NodeRow,
         on_commit: CommitHook,
     ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
         let options = PgConnectOptions::from_str(url)?
@@ -52,27 +56,46 @@ impl PgStore {
             .disable_statement_logging();
         // The writer's connection first: a server out of reach fails the start with the
         // reason (the pool would only say it timed out).
-        let mut backend = PgWriter::connect(options.clone()).await?;
+        let mut backend = PgWriter::connect(options.clone(), &node.id).await?;
         // Under the migrator's advisory lock (see the module doc).
         sqlx::migrate!("./migrations-postgres")
             .run(backend.connection())
             .await?;
-        fail_interrupted_uploads(backend.connection()).await?;
+        let listen = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
+        let cluster = Cluster::new(pool.clone(), &node.id);
+        cluster.register(node).await?;
+        let lost = cluster.requeue_lost().await?;
+        if !lost.is_empty() {
+            tracing::warn!(nodes = ?lost, "nodes stopped heartbeating; their chunks were re-queued");
+        }
         let (writer, task) = Writer::start(backend, on_commit);
-        Ok((Self { pool, writer }, task))
+        Ok((
+            Self {
+                pool,
+                writer,
+                cluster,
+                listen,
+            },
+            task,
+        ))
     }
 
     pub fn close(&self) {
         // Marks the pool closed at once (reads fail from now on); the connections close in
         // the background.
-        let pool = self.pool.clone();
+        let pools = [self.pool.clone(), self.listen.clone()];
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { pool.close().await });
+            for pool in pools {
+                runtime.spawn(async move { pool.close().await });
+            }
         }
     }
 
@@ -92,6 +115,17 @@ impl PgStore {
     /// The writer every write goes through (see `store::writer`).
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// A connection of its own for `LISTEN` (see `crate::cluster`).
+    pub async fn listener(&self) -> Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.listen).await?;
+        listener.listen(cluster::CHANNEL).await?;
+        Ok(listener)
     }
 
     // ---- reads ----
@@ -186,24 +220,10 @@ impl PgStore {
         Ok(unfinished_jobs(rows))
     }
 
-    /// Queued chunks, folded by PostgreSQL into one text.
-    pub async fn queued_chunks(
-        &self,
-        id: JobId,
-        after: Option<u64>,
-        limit: u32,
-    ) -> Result<Vec<Chunk>> {
-        let after = after.map_or(-1, |a| a as i64);
-        match self.text(QUEUED_CHUNKS, id, Some((after, limit))).await? {
-            Some(text) => parse_queued_chunks(&text),
-            None => Ok(Vec::new()),
-        }
-    }
-
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
         let count: i64 = sqlx::query_scalar(
             "select count(*) from chunks
-             where job = (select key from jobs where id = $1) and state = 0",
+             where job = (select key from jobs where id = $1) and state = 0 and owner is null",
         )
         .bind(id.to_string())
         .fetch_one(&self.pool)
@@ -268,13 +288,6 @@ impl PgStore {
     }
 }
 
-/// Queued chunks after item $2, at most $3, as `start size items` entries.
-const QUEUED_CHUNKS: &str =
-    "select string_agg(start || ' ' || size || ' ' || items, chr(31) order by start)
-     from (select start, size, items from chunks
-           where job = (select key from jobs where id = $1) and state = 0 and start > $2
-           order by start limit $3) as c";
-
 /// Done chunks recorded after the one of seq $2, at most $3, in completion order.
 const COMPLETED_CHUNKS: &str = "select string_agg(start || ' ' || size || ' ' || failed || ' ' || seq || ' ' || outcomes, chr(31) order by seq)
      from (select start, size, failed, seq, outcomes from chunks
@@ -302,10 +315,6 @@ const DONE_FAILED_CHUNKS: &str = "select string_agg(start || ' ' || size || ' ' 
              and start >= coalesce((select max(start) from chunks
                                     where job = (select key from jobs where id = $1) and start <= $2), 0)
            order by start limit $3) as c";
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
 
 /// A row of `jobs`, read by column name (queries select `*`).
 fn job_row(row: &PgRow) -> Result<JobRow> {
@@ -346,35 +355,4 @@ fn read_error(e: sqlx::Error) -> Error {
     } else {
         Error::Database(e)
     }
-}
-
-/// On start, before anything runs: a job whose upload was still open when poold stopped can
-/// never get the rest of its items (that connection is gone), so it fails and its queued
-/// chunks are dropped; the results of chunks that already ran stay readable. (With several
-/// nodes, this must only touch the uploads of the node that restarted: issue 12's next step.)
-async fn fail_interrupted_uploads(conn: &mut PgConnection) -> Result<()> {
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "update chunks set state = 2 where state = 0 and job in
-             (select key from jobs where ingesting and status in ('queued', 'running'))",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let failed = sqlx::query(
-        "update jobs set status = 'failed', ingesting = false, finished_at = $1,
-                error = 'poold stopped while the job''s items were being uploaded'
-         where ingesting and status in ('queued', 'running')",
-    )
-    .bind(format_time(now()))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    if failed > 0 {
-        tracing::warn!(
-            jobs = failed,
-            "failed jobs whose upload was cut off by a restart"
-        );
-    }
-    Ok(())
 }

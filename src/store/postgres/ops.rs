@@ -3,30 +3,64 @@
 //! a piece of chunks is one `json_array_elements` insert, and job starts and chunk records go
 //! in together by a few statements over arrays (`unnest`) whatever their number. A chunk's
 //! outcomes are one text each, never parsed by PostgreSQL.
+//!
+//! Each batch also tells the other nodes what it changed (`cluster::notify`, delivered at
+//! commit): jobs whose state moved, jobs that ended, jobs with new unclaimed chunks. A chunk
+//! is recorded only under this node's claim of it (`owner`, `lease`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::postgres::PgConnection;
 
-use crate::model::JobStatus;
+use super::cluster::{self, NoticeKind};
+use crate::model::{JobId, JobStatus};
 use crate::store::format_time;
 use crate::store::writer::{Op, Outcome};
 use crate::store::{DeleteOutcome, Error, NewJob, Result};
 
-/// Apply ops in order (the caller holds the transaction); one outcome per op.
-pub async fn apply_all(conn: &mut PgConnection, ops: &[&Op]) -> Result<Vec<Outcome>> {
+/// Apply ops in order for `node` (the caller holds the transaction), and notify the other
+/// nodes; one outcome per op.
+pub async fn apply_all(conn: &mut PgConnection, node: &str, ops: &[&Op]) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(ops.len());
     // Consecutive job starts and chunk records go together; other ops one at a time, in order.
     for run in ops.chunk_by(|a, b| a.is_progress() && b.is_progress()) {
         if run[0].is_progress() {
-            outcomes.extend(record_progress(conn, run).await?);
+            outcomes.extend(record_progress(conn, node, run).await?);
         } else {
             for op in run {
-                outcomes.push(apply(conn, op).await?);
+                outcomes.push(apply(conn, node, op).await?);
             }
         }
     }
+    cluster::notify(conn, &notices(node, ops)).await?;
     Ok(outcomes)
+}
+
+/// What a batch tells the other nodes, by kind (each job once per kind).
+fn notices(node: &str, ops: &[&Op]) -> Vec<String> {
+    let (mut changed, mut ended, mut work) = (Vec::new(), Vec::new(), Vec::new());
+    for op in ops {
+        let Some(id) = op.job_id() else { continue };
+        changed.push(id);
+        match op {
+            Op::CreateJob(new) if new.claim.is_none() => work.push(id),
+            Op::AppendChunks { .. } => work.push(id),
+            Op::FinishJob { .. } => ended.push(id),
+            Op::RecordChunk { record, .. } if record.fail_job.is_some() => ended.push(id),
+            _ => {}
+        }
+    }
+    let mut payloads = Vec::new();
+    for (kind, mut jobs) in [
+        (NoticeKind::Changed, changed),
+        (NoticeKind::Ended, ended),
+        (NoticeKind::Work, work),
+    ] {
+        jobs.sort_unstable();
+        jobs.dedup();
+        payloads.extend(cluster::payloads(node, kind, &jobs));
+    }
+    payloads
 }
 
 /// Move the started jobs ($1 ids, $2 times) to running.
@@ -34,31 +68,41 @@ const START_JOBS: &str = "update jobs set status = 'running', started_at = s.at
      from unnest($1::text[], $2::text[]) as s(id, at)
      where jobs.id = s.id and jobs.status = 'queued'";
 
-/// Completion numbers for $1 chunk records, from the sequence (unique across nodes).
-const NEXT_SEQS: &str = "select nextval('chunks_seq') from generate_series(1, $1::bigint)";
+/// Completion numbers for the records of each job ($1 ids, $2 how many), taken from the job's
+/// row under its lock (held to the commit; jobs locked in one order, so two nodes never wait
+/// on each other in a circle): a job's chunks become visible in the order of their numbers,
+/// whichever node records them. Returns each job's id and the last number it had before.
+const NEXT_SEQS: &str =
+    "with n as (select id, n from unnest($1::text[], $2::bigint[]) as n(id, n)),
+     locked as (select key from jobs where id in (select id from n) order by key for update)
+     update jobs set recorded = recorded + n.n
+     from n where jobs.id = n.id and jobs.key in (select key from locked)
+     returning jobs.id, jobs.recorded - n.n";
 
 /// Mark the recorded chunks that are still queued done, with their outcomes and completion
 /// numbers, and move their jobs' counters by what was marked (completing a job at its total,
 /// failing one whose record says `fail_fast` tripped) — in one statement, so that only the
 /// chunks this statement marked count. A chunk already recorded (after a restart ran it
 /// again) or of a job that ended is skipped. $1..$6: per record its job's id, start, item
-/// errors, seq, outcomes and `fail_fast` reason; $7 the time.
+/// errors, seq, outcomes, `fail_fast` reason and lease ($8); $7 the time, $9 this node (a
+/// chunk whose claim this node no longer holds is skipped: it was re-queued meanwhile).
 const RECORD_CHUNKS: &str = "with h as (
-         select j.key as job, h.start, h.failed, h.seq, h.outcomes, h.fail
+         select j.key as job, h.start, h.failed, h.seq, h.outcomes, h.fail, h.lease
          from unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                     $6::text[]) as h(id, start, failed, seq, outcomes, fail)
+                     $6::text[], $8::bigint[]) as h(id, start, failed, seq, outcomes, fail, lease)
          join jobs as j on j.id = h.id),
      marked as (
          update chunks set state = 1, seq = h.seq, failed = h.failed, outcomes = h.outcomes,
-                           items = ''
+                           items = '', owner = null, lease = null
          from h
          where chunks.job = h.job and chunks.start = h.start and chunks.state = 0
+           and chunks.owner = $9 and chunks.lease = h.lease
          returning chunks.job, chunks.size, h.failed, h.fail),
      c as (
          select job, sum(size)::bigint as items, sum(failed)::bigint as errors,
                 max(fail) as fail
-         from marked group by job)
-     update jobs set
+         from marked group by job),
+     counted as (update jobs set
         done = jobs.done + c.items,
         failed = jobs.failed + c.errors,
         status = case when jobs.status not in ('queued', 'running') then jobs.status
@@ -73,7 +117,8 @@ const RECORD_CHUNKS: &str = "with h as (
                                      or (jobs.done + c.items >= jobs.total and not jobs.ingesting))
                            then $7 else jobs.finished_at end
      from c
-     where jobs.key = c.job";
+     where jobs.key = c.job)
+     select count(*) from marked";
 
 /// Drop the queued chunks of the jobs ($1 ids) whose `fail_fast` tripped and that failed.
 const DROP_FAILED: &str = "update chunks set state = 2
@@ -81,7 +126,7 @@ const DROP_FAILED: &str = "update chunks set state = 2
                                  where id = any($1::text[]) and status = 'failed')";
 
 /// Job starts and chunk records (see [`RECORD_CHUNKS`]).
-async fn record_progress(conn: &mut PgConnection, run: &[&Op]) -> Result<Vec<Outcome>> {
+async fn record_progress(conn: &mut PgConnection, node: &str, run: &[&Op]) -> Result<Vec<Outcome>> {
     let (mut start_ids, mut start_times) = (Vec::new(), Vec::new());
     let mut records = Vec::new();
     let mut at = None;
@@ -110,24 +155,43 @@ async fn record_progress(conn: &mut PgConnection, run: &[&Op]) -> Result<Vec<Out
             .await?;
     }
     if !records.is_empty() {
-        let mut seqs: Vec<i64> = sqlx::query_scalar(NEXT_SEQS)
-            .bind(records.len() as i64)
-            .fetch_all(&mut *conn)
-            .await?;
-        // In the order the records were sent (a number spent on a chunk that turns out
-        // recorded already is simply skipped: only the order matters).
-        seqs.sort_unstable();
+        // Numbers in the order the records were sent, per job (a number spent on a chunk
+        // that turns out recorded already, or no longer this node's, is simply skipped: only
+        // the order matters).
+        let mut per_job: HashMap<String, i64> = HashMap::new();
         let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+        for id in &ids {
+            *per_job.entry(id.clone()).or_default() += 1;
+        }
+        let (job_ids, counts): (Vec<String>, Vec<i64>) = per_job.into_iter().unzip();
+        let mut next: HashMap<String, i64> = sqlx::query_as(NEXT_SEQS)
+            .bind(job_ids)
+            .bind(counts)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        let seqs: Vec<i64> = ids
+            .iter()
+            .map(|id| {
+                // A job deleted meanwhile has no row: its records are skipped below anyway.
+                let last = next.entry(id.clone()).or_default();
+                *last += 1;
+                *last
+            })
+            .collect();
         let starts: Vec<i64> = records.iter().map(|r| r.start as i64).collect();
         let failed: Vec<i64> = records.iter().map(|r| r.outcomes.failed as i64).collect();
         let outcomes: Vec<&str> = records.iter().map(|r| r.outcomes.json.as_str()).collect();
         let fails: Vec<Option<&str>> = records.iter().map(|r| r.fail_job.as_deref()).collect();
+        let leases: Vec<i64> = records.iter().map(|r| r.lease as i64).collect();
         let failing: Vec<String> = records
             .iter()
             .filter(|r| r.fail_job.is_some())
             .map(|r| r.id.to_string())
             .collect();
-        sqlx::query(RECORD_CHUNKS)
+        let sent = records.len() as i64;
+        let marked: i64 = sqlx::query_scalar(RECORD_CHUNKS)
             .bind(ids)
             .bind(starts)
             .bind(failed)
@@ -135,8 +199,19 @@ async fn record_progress(conn: &mut PgConnection, run: &[&Op]) -> Result<Vec<Out
             .bind(outcomes)
             .bind(fails)
             .bind(at.map(format_time))
-            .execute(&mut *conn)
+            .bind(leases)
+            .bind(node)
+            .fetch_one(&mut *conn)
             .await?;
+        if marked < sent {
+            // Normal after a restart or a cancel; after a pause past the lease, the chunks
+            // went to other nodes (see `cluster`).
+            tracing::info!(
+                refused = sent - marked,
+                "chunk records refused: recorded already, their job ended, or no longer this \
+                 node's claim"
+            );
+        }
         if !failing.is_empty() {
             sqlx::query(DROP_FAILED)
                 .bind(failing)
@@ -148,15 +223,16 @@ async fn record_progress(conn: &mut PgConnection, run: &[&Op]) -> Result<Vec<Out
     Ok(run.iter().map(|_| Outcome::Done).collect())
 }
 
-/// Chunks from a piece (`[start, size, "items"]` entries, $2) of the job of key $1.
-const INSERT_CHUNKS: &str = "insert into chunks (job, start, size, items, state)
-     select $1, (e ->> 0)::bigint, (e ->> 1)::bigint, e ->> 2, 0
+/// Chunks from a piece (`[start, size, "items"]` entries, $2) of the job of key $1; claimed
+/// by node $3 under lease $4 when they are not null (a new job's chunks handed to its node).
+const INSERT_CHUNKS: &str = "insert into chunks (job, start, size, items, state, owner, lease)
+     select $1, (e ->> 0)::bigint, (e ->> 1)::bigint, e ->> 2, 0, $3::text, $4::bigint
      from json_array_elements($2::json) as e";
 
 /// Every op but job starts and chunk records (see [`record_progress`]).
-async fn apply(conn: &mut PgConnection, op: &Op) -> Result<Outcome> {
+async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> {
     match op {
-        Op::CreateJob(new) => create_job(conn, new).await,
+        Op::CreateJob(new) => create_job(conn, node, new).await,
         Op::AppendChunks {
             id,
             piece,
@@ -165,7 +241,8 @@ async fn apply(conn: &mut PgConnection, op: &Op) -> Result<Outcome> {
             at,
         } => {
             let key: Option<i64> = sqlx::query_scalar(
-                "update jobs set total = total + $2, ingesting = not $3
+                "update jobs set total = total + $2, ingesting = not $3,
+                        upload_node = case when $3 then null else upload_node end
                  where id = $1 and ingesting and status in ('queued', 'running')
                  returning key",
             )
@@ -180,6 +257,8 @@ async fn apply(conn: &mut PgConnection, op: &Op) -> Result<Outcome> {
             sqlx::query(INSERT_CHUNKS)
                 .bind(key)
                 .bind(piece.as_str())
+                .bind(None::<&str>)
+                .bind(None::<i64>)
                 .execute(&mut *conn)
                 .await?;
             if *close {
@@ -249,6 +328,23 @@ async fn apply(conn: &mut PgConnection, op: &Op) -> Result<Outcome> {
                 .await?;
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
+        Op::Leave => {
+            let released: Vec<String> = sqlx::query_scalar(
+                "with r as (update chunks set owner = null, lease = null
+                            where state = 0 and owner = $1 returning job)
+                 select distinct jobs.id from r join jobs on jobs.key = r.job",
+            )
+            .bind(node)
+            .fetch_all(&mut *conn)
+            .await?;
+            sqlx::query("update nodes set state = 'stopped' where id = $1")
+                .bind(node)
+                .execute(&mut *conn)
+                .await?;
+            let ids: Vec<JobId> = released.iter().filter_map(|id| id.parse().ok()).collect();
+            cluster::notify(conn, &cluster::payloads(node, NoticeKind::Work, &ids)).await?;
+            Ok(Outcome::Done)
+        }
         Op::PurgeFinished { before } => {
             // Their chunks go with them (`on delete cascade`).
             let jobs = sqlx::query(
@@ -267,17 +363,19 @@ async fn apply(conn: &mut PgConnection, op: &Op) -> Result<Outcome> {
 const INSERT_JOB: &str = "insert into jobs (id, function, kwargs, star, chunksize, timeout_s,
                        max_attempts, on_error, priority, metadata, status, total, created_at,
                        started_at, finished_at, idempotency_key, request_hash, ingesting,
-                       codec, max_concurrency)
+                       codec, max_concurrency, upload_node)
      values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-             $19, $20)
+             $19, $20, case when $18 then $21 end)
      returning key";
 
-/// A new job: its row, then its chunks, a piece per statement.
-async fn create_job(conn: &mut PgConnection, new: &NewJob) -> Result<Outcome> {
+/// A new job: its row, then its chunks, a piece per statement. An upload is this node's (see
+/// `cluster::requeue_lost`); chunks handed to this node's supervisor are claimed by it.
+async fn create_job(conn: &mut PgConnection, node: &str, new: &NewJob) -> Result<Outcome> {
     let NewJob {
         job,
         pieces,
         idempotency,
+        claim,
     } = new;
     let spec = &job.spec;
     let key: i64 = sqlx::query_scalar(INSERT_JOB)
@@ -301,12 +399,15 @@ async fn create_job(conn: &mut PgConnection, new: &NewJob) -> Result<Outcome> {
         .bind(job.ingesting)
         .bind(spec.codec.as_str())
         .bind(spec.max_concurrency.map(i64::from))
+        .bind(node)
         .fetch_one(&mut *conn)
         .await?;
     for piece in pieces {
         sqlx::query(INSERT_CHUNKS)
             .bind(key)
             .bind(piece.as_str())
+            .bind(claim.map(|_| node))
+            .bind(claim.map(|lease| lease as i64))
             .execute(&mut *conn)
             .await?;
     }

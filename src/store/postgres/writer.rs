@@ -21,6 +21,8 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgWriter {
+    /// The node it writes for (see `ops`).
+    node: String,
     /// None after a failure, until it is reconnected.
     conn: Option<PgConnection>,
     options: PgConnectOptions,
@@ -29,9 +31,10 @@ pub struct PgWriter {
 
 impl PgWriter {
     /// Connect (on the current runtime, which then drives the writer's queries).
-    pub async fn connect(options: PgConnectOptions) -> Result<Self> {
+    pub async fn connect(options: PgConnectOptions, node: &str) -> Result<Self> {
         let conn = connect(&options).await?;
         Ok(Self {
+            node: node.to_string(),
             conn: Some(conn),
             options,
             runtime: Handle::current(),
@@ -63,6 +66,7 @@ fn timed_out(what: &str, limit: Duration) -> Error {
 impl Backend for PgWriter {
     fn apply_batch(&mut self, ops: &[&Op]) -> Result<Vec<Outcome>> {
         let Self {
+            node,
             conn,
             options,
             runtime,
@@ -74,7 +78,7 @@ impl Backend for PgWriter {
             };
             let batch = async {
                 let mut tx = conn.begin().await?;
-                let outcomes = ops::apply_all(&mut tx, ops).await?;
+                let outcomes = ops::apply_all(&mut tx, node, ops).await?;
                 tx.commit().await?;
                 Ok(outcomes)
             };

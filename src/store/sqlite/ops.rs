@@ -246,6 +246,7 @@ fn apply(conn: &Connection, op: &Op) -> Result<Outcome> {
                 .execute([&id])?;
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
+        Op::Leave => Ok(Outcome::Done), // one node: nothing is claimed
         Op::PurgeFinished { before } => {
             // The expired jobs' chunks first, then the jobs, with one cutoff.
             let cutoff = format_time(*before);
@@ -283,6 +284,7 @@ fn create_job(conn: &Connection, new: &NewJob) -> Result<Outcome> {
     let NewJob {
         job,
         pieces,
+        claim: _, // one node runs everything
         idempotency,
     } = new;
     let spec = &job.spec;

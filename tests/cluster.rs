@@ -1,0 +1,383 @@
+//! Several poold nodes on one PostgreSQL (real nodes, real workers, a real server started by
+//! the fixture): a node killed or paused mid-job loses nothing and records nothing twice, any
+//! node serves any job's events and cancels, and the pool and its close/open are the
+//! cluster's. (A PostgreSQL restart under two nodes is in `postgres_outage.rs`: it stops the
+//! server this binary's tests share.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, postgres};
+use serde_json::{Value, json};
+
+/// The lease the tests' nodes run with (short, to keep the tests short).
+const LEASE_S: f64 = 2.0;
+
+/// Start a node named `name` on the database at `url`.
+async fn node(url: &str, name: &str, workers: usize) -> TestApp {
+    let workers = workers.to_string();
+    let lease = LEASE_S.to_string();
+    TestApp::start(
+        Path::new(url),
+        &[
+            "--workers",
+            &workers,
+            "--node-name",
+            name,
+            "--node-lease",
+            &lease,
+        ],
+    )
+    .await
+}
+
+/// Wait until `app` lists the nodes `named` in `state`; returns their ids by name.
+async fn wait_nodes(app: &TestApp, named: &[&str], state: &str) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes: Value = app.get("/v1/nodes").await.json().await.expect("nodes JSON");
+        let found: BTreeMap<String, String> = nodes["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["state"] == state)
+            .map(|n| {
+                let name = n["name"].as_str().unwrap().to_string();
+                (name, n["id"].as_str().unwrap().to_string())
+            })
+            .filter(|(name, _)| named.contains(&name.as_str()))
+            .collect();
+        if found.len() == named.len() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes {named:?} never all {state}: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Queued chunks claimed by `node` (what it would lose).
+async fn claimed_by(url: &str, node: &str) -> u64 {
+    postgres::query_json(
+        url,
+        &format!(
+            "select json_build_object('n', count(*))::text from chunks
+             where state = 0 and owner = '{node}'"
+        ),
+    )
+    .await["n"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The job's stored chunks: how many items are recorded, in how many records.
+async fn recorded(url: &str, id: &str) -> (u64, u64) {
+    let stored = postgres::query_json(
+        url,
+        &format!(
+            "select json_build_object('items', coalesce(sum(size), 0), 'done', max(j.done))::text
+             from jobs as j left join chunks as c on c.job = j.key and c.state = 1
+             where j.id = '{id}'"
+        ),
+    )
+    .await;
+    (
+        stored["items"].as_u64().unwrap(),
+        stored["done"].as_u64().unwrap(),
+    )
+}
+
+/// Every index of a job read from `app`, in index order, with its value: each exactly once.
+async fn assert_every_index_once(app: &TestApp, id: &str, total: usize, value: &Value) {
+    let results = app.results(id).await;
+    let indexes: Vec<u64> = results
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..total as u64).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|r| &r["value"] == value),
+        "every value is {value}"
+    );
+}
+
+/// The workers of `pool` (a `/v1/pool` answer) on the node `node`.
+fn workers_of<'a>(pool: &'a Value, node: &str) -> Vec<&'a Value> {
+    pool["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["node"] == node)
+        .collect()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_job_loses_nothing_and_its_chunks_run_elsewhere_within_the_lease() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 2).await;
+    let mut b = node(&url, "b", 2).await;
+    let c = node(&url, "c", 2).await;
+    let ids = wait_nodes(&a, &["a", "b", "c"], "alive").await;
+    wait_for(
+        "a sees every node's workers",
+        Duration::from_secs(10),
+        async || a.pool().await["size"] == 6,
+    )
+    .await;
+
+    let total = 2000;
+    let id = a
+        .submit(json!({"function": "sleep", "items": vec![0.01; total], "chunksize": 5}))
+        .await;
+    // The chunks spread over every node's workers.
+    wait_for(
+        "every node runs the job",
+        Duration::from_secs(10),
+        async || {
+            let pool = a.pool().await;
+            ["a", "b", "c"].iter().all(|name| {
+                workers_of(&pool, &ids[*name])
+                    .iter()
+                    .any(|w| w["job_id"] == id.as_str())
+            })
+        },
+    )
+    .await;
+    let done = a.job(&id).await["done"].as_u64().unwrap();
+    assert!(done < total as u64, "the job is still running: {done}");
+
+    b.kill9();
+    let killed = Instant::now();
+    // b's chunks go back to the queue once its heartbeat is older than its lease, and the
+    // other nodes run them.
+    let limit = Duration::from_secs_f64(LEASE_S + 3.0);
+    wait_for("b's chunks re-queued", limit, async || {
+        claimed_by(&url, &ids["b"]).await == 0
+    })
+    .await;
+    eprintln!(
+        "b's chunks were re-queued {:?} after kill -9",
+        killed.elapsed()
+    );
+    wait_nodes(&c, &["b"], "lost").await;
+
+    let job = c.wait_job(&id).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_u64(),
+            job["failed"].as_u64()
+        ),
+        (Some("completed"), Some(total as u64), Some(0)),
+        "{job}"
+    );
+    assert_eq!(recorded(&url, &id).await, (total as u64, total as u64));
+    assert_every_index_once(&a, &id, total, &json!(0.01)).await;
+    assert_every_index_once(&c, &id, total, &json!(0.01)).await;
+}
+
+#[tokio::test]
+async fn a_node_paused_past_its_lease_has_its_late_results_refused_and_goes_back_to_work() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 2).await;
+    let b = node(&url, "b", 2).await;
+    let ids = wait_nodes(&a, &["a", "b"], "alive").await;
+
+    let total = 40;
+    let id = a
+        .submit(json!({"function": "sleep", "items": vec![0.3; total], "chunksize": 1}))
+        .await;
+    wait_for("b runs the job", Duration::from_secs(10), async || {
+        workers_of(&b.pool().await, &ids["b"])
+            .iter()
+            .any(|w| w["job_id"] == id.as_str())
+    })
+    .await;
+    common::signal(b.pid(), "STOP");
+    // b's workers finish their chunks meanwhile; b cannot record them. a re-queues them.
+    wait_nodes(&a, &["b"], "lost").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    common::signal(b.pid(), "CONT");
+
+    let job = a.wait_job(&id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["done"].as_u64()),
+        (Some("completed"), Some(total as u64)),
+        "{job}"
+    );
+    assert_eq!(recorded(&url, &id).await, (total as u64, total as u64));
+    assert_every_index_once(&a, &id, total, &json!(0.3)).await;
+    // b found out, and its late results were refused (the other node had them).
+    wait_for("b knows it was lost", Duration::from_secs(10), async || {
+        b.log_text().contains("declared lost")
+    })
+    .await;
+    assert!(
+        b.log_text().contains("chunk records refused"),
+        "b's late records were refused; log:\n{}",
+        b.log_text()
+    );
+
+    // b is alive again and takes its share of new work.
+    wait_nodes(&a, &["a", "b"], "alive").await;
+    let before: u64 = workers_of(&b.pool().await, &ids["b"])
+        .iter()
+        .map(|w| w["tasks_completed"].as_u64().unwrap())
+        .sum();
+    let next = a
+        .submit(json!({"function": "sleep", "items": vec![0.2; 20], "chunksize": 1}))
+        .await;
+    assert_eq!(a.wait_job(&next).await["status"], "completed");
+    let after: u64 = workers_of(&b.pool().await, &ids["b"])
+        .iter()
+        .map(|w| w["tasks_completed"].as_u64().unwrap())
+        .sum();
+    assert!(
+        after > before,
+        "b ran chunks of the next job: {before} -> {after}"
+    );
+}
+
+#[tokio::test]
+async fn events_resume_on_another_node_and_a_cancel_anywhere_stops_chunks_on_the_node_that_runs_them()
+ {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    // Only b has workers: a and c serve the API.
+    let a = node(&url, "a", 0).await;
+    let b = node(&url, "b", 2).await;
+    let c = node(&url, "c", 0).await;
+    let ids = wait_nodes(&a, &["a", "b", "c"], "alive").await;
+
+    let total = 60;
+    let id = a
+        .submit(json!({"function": "sleep", "items": vec![0.03; total], "chunksize": 1}))
+        .await;
+    let first = a
+        .events_until(&id, "", |events| {
+            events.iter().filter(|e| e.event == "result").count() >= 20
+        })
+        .await;
+    let last_id: u64 = first
+        .iter()
+        .rev()
+        .find_map(|e| e.id.as_ref())
+        .expect("events have ids")
+        .parse()
+        .unwrap();
+    let rest = c.events(&id, "", Some(last_id)).await;
+    let indexes: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .filter(|e| e.event == "result")
+        .map(|e| e.data["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        (0..total as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert_eq!(rest.last().unwrap().event, "end");
+
+    // A cancel on c stops the chunks b runs.
+    let long = a
+        .submit(json!({"function": "sleep", "items": vec![30; 4], "chunksize": 1}))
+        .await;
+    wait_for("b runs the long job", Duration::from_secs(10), async || {
+        workers_of(&b.pool().await, &ids["b"])
+            .iter()
+            .all(|w| w["job_id"] == long.as_str())
+    })
+    .await;
+    let cancelled = c.post(&format!("/v1/jobs/{long}/cancel")).await;
+    assert_eq!(cancelled.status(), 200);
+    let asked = Instant::now();
+    wait_for(
+        "b's workers leave the cancelled job",
+        Duration::from_secs(2),
+        async || {
+            workers_of(&b.pool().await, &ids["b"])
+                .iter()
+                .all(|w| w["job_id"] != long.as_str() || w["state"] != "busy")
+        },
+    )
+    .await;
+    eprintln!(
+        "b stopped the cancelled chunks {:?} after the cancel",
+        asked.elapsed()
+    );
+    assert_eq!(a.job(&long).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_pool_is_the_clusters_and_close_applies_to_every_node() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 1).await;
+    let b = node(&url, "b", 2).await;
+    let ids = wait_nodes(&b, &["a", "b"], "alive").await;
+    wait_for(
+        "both nodes' workers in /v1/pool",
+        Duration::from_secs(10),
+        async || {
+            let pool = a.pool().await;
+            pool["size"] == 3
+                && workers_of(&pool, &ids["a"]).len() == 1
+                && workers_of(&pool, &ids["b"]).len() == 2
+        },
+    )
+    .await;
+
+    let closed = a.post("/v1/pool/close").await;
+    assert_eq!(closed.status(), 200);
+    wait_for("b refuses new jobs", Duration::from_secs(5), async || {
+        b.post_job(&json!({"function": "square", "items": [1]}))
+            .await
+            .status()
+            == 503
+    })
+    .await;
+    assert_eq!(b.pool().await["accepting"], false);
+    assert_eq!(b.post("/v1/pool/open").await.status(), 200);
+    wait_for("a takes jobs again", Duration::from_secs(5), async || {
+        a.post_job(&json!({"function": "square", "items": [1]}))
+            .await
+            .status()
+            == 201
+    })
+    .await;
+
+    // A node that stops hands its place back: listed as stopped, its workers gone from the pool.
+    let mut a = a;
+    assert!(a.terminate().success());
+    wait_nodes(&b, &["a"], "stopped").await;
+    wait_for(
+        "a's workers leave the pool",
+        Duration::from_secs(10),
+        async || b.pool().await["size"] == 2,
+    )
+    .await;
+}
