@@ -35,7 +35,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::metrics::install();
     let events = EventBus::default();
     let notify = events.clone();
     let node = Arc::new(Node::new(
@@ -43,6 +42,11 @@ pub async fn run(
         listener.local_addr()?,
         config.node_lease(),
     ));
+    let shared = matches!(
+        config.database,
+        crate::config::DatabaseLocation::Postgres(_)
+    );
+    crate::metrics::install(shared.then_some(node.name.as_str()));
     let (store, writer) = Store::open(
         &config.database,
         &node.row(config.pool_size()),

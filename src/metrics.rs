@@ -31,8 +31,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Install the recorder (idempotent: a second server in the same process shares it) and start
-/// its upkeep on the current runtime.
-pub fn install() {
+/// its upkeep on the current runtime. With `node` (a node among several on PostgreSQL), every
+/// metric carries its name as the `node` label, so that one Prometheus can scrape them all.
+pub fn install(node: Option<&str>) {
     HANDLE.get_or_init(|| {
         tokio::spawn(async {
             let mut ticks = tokio::time::interval(UPKEEP_EVERY);
@@ -46,7 +47,11 @@ pub fn install() {
         let buckets = [
             0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
         ];
-        let handle = PrometheusBuilder::new()
+        let mut builder = PrometheusBuilder::new();
+        if let Some(node) = node {
+            builder = builder.add_global_label("node", node);
+        }
+        let handle = builder
             .set_buckets_for_metric(Matcher::Full(ITEM_SECONDS.into()), &buckets)
             .expect("bucket list is not empty")
             .install_recorder()

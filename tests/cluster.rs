@@ -351,6 +351,18 @@ async fn the_pool_is_the_clusters_and_close_applies_to_every_node() {
     )
     .await;
 
+    // Each node's metrics say which node they are.
+    let metrics = b.get("/metrics").await.text().await.unwrap();
+    let samples: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("poold_"))
+        .collect();
+    assert!(!samples.is_empty(), "{metrics}");
+    assert!(
+        samples.iter().all(|l| l.contains(r#"node="b""#)),
+        "every sample carries the node: {metrics}"
+    );
+
     let closed = a.post("/v1/pool/close").await;
     assert_eq!(closed.status(), 200);
     wait_for("b refuses new jobs", Duration::from_secs(5), async || {

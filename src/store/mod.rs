@@ -61,6 +61,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Jobs deleted per transaction by retention.
+const PURGE_BATCH: u32 = 100;
+
 /// Called after each commit with the jobs whose stored state changed.
 pub type CommitHook = Box<dyn Fn(&[JobId]) + Send + Sync>;
 
@@ -258,12 +261,26 @@ impl Store {
         }
     }
 
-    /// Delete the jobs (with their chunks) finished more than `age` ago; how many.
+    /// Delete the jobs (with their chunks) finished more than `age` ago; how many. A batch of
+    /// [`PURGE_BATCH`] jobs per transaction, so that neither the writer nor the database
+    /// holds one long delete (and other writes go in between).
     pub async fn purge_finished(&self, age: Duration) -> Result<u64> {
         let before = OffsetDateTime::now_utc() - age;
-        match self.writer().call(Op::PurgeFinished { before }).await? {
-            Outcome::Purged(n) => Ok(n),
-            other => unreachable!("purge_finished answered {other:?}"),
+        let mut purged = 0;
+        loop {
+            let op = Op::PurgeFinished {
+                before,
+                limit: PURGE_BATCH,
+            };
+            match self.writer().call(op).await? {
+                Outcome::Purged(n) => {
+                    purged += n;
+                    if n < u64::from(PURGE_BATCH) {
+                        return Ok(purged);
+                    }
+                }
+                other => unreachable!("purge_finished answered {other:?}"),
+            }
         }
     }
 

@@ -79,6 +79,8 @@ pub enum Op {
     /// Delete every job finished before `before` (retention).
     PurgeFinished {
         before: OffsetDateTime,
+        /// At most this many jobs (one transaction stays short).
+        limit: u32,
     },
     /// This node stops: on a shared store, give back the claims of chunks it did not run and
     /// mark it stopped — after every record sent before (the writer applies ops in order).

@@ -345,13 +345,18 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             cluster::notify(conn, &cluster::payloads(node, NoticeKind::Work, &ids)).await?;
             Ok(Outcome::Done)
         }
-        Op::PurgeFinished { before } => {
-            // Their chunks go with them (`on delete cascade`).
+        Op::PurgeFinished { before, limit } => {
+            // Their chunks go with them (`on delete cascade`). Jobs another node is deleting
+            // right now are skipped, not waited for.
             let jobs = sqlx::query(
-                "delete from jobs where status in ('completed', 'failed', 'cancelled')
-                   and finished_at::timestamptz < $1::timestamptz",
+                "delete from jobs where key in (
+                     select key from jobs
+                     where status in ('completed', 'failed', 'cancelled')
+                       and finished_at::timestamptz < $1::timestamptz
+                     order by key limit $2 for update skip locked)",
             )
             .bind(format_time(*before))
+            .bind(*limit as i64)
             .execute(&mut *conn)
             .await?
             .rows_affected();

@@ -247,21 +247,19 @@ fn apply(conn: &Connection, op: &Op) -> Result<Outcome> {
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
         Op::Leave => Ok(Outcome::Done), // one node: nothing is claimed
-        Op::PurgeFinished { before } => {
-            // The expired jobs' chunks first, then the jobs, with one cutoff.
+        Op::PurgeFinished { before, limit } => {
+            // The expired jobs' chunks first, then the jobs: the same (oldest) jobs, at most
+            // `limit`, picked the same way twice in one transaction.
             let cutoff = format_time(*before);
-            conn.prepare_cached(
-                "delete from chunks where job in (select key from jobs
-                    where status in ('completed', 'failed', 'cancelled')
-                      and julianday(finished_at) < julianday(?1))",
-            )?
-            .execute([&cutoff])?;
+            let expired = "select key from jobs
+                 where status in ('completed', 'failed', 'cancelled')
+                   and julianday(finished_at) < julianday(?1)
+                 order by key limit ?2";
+            conn.prepare_cached(&format!("delete from chunks where job in ({expired})"))?
+                .execute(rusqlite::params![&cutoff, limit])?;
             let jobs = conn
-                .prepare_cached(
-                    "delete from jobs where status in ('completed', 'failed', 'cancelled')
-                       and julianday(finished_at) < julianday(?1)",
-                )?
-                .execute([&cutoff])?;
+                .prepare_cached(&format!("delete from jobs where key in ({expired})"))?
+                .execute(rusqlite::params![&cutoff, limit])?;
             Ok(Outcome::Purged(jobs as u64))
         }
     }
