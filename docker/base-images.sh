@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds, locally, the two base images docker/Dockerfile names, for machines that cannot pull
-# from an image registry:
+# Builds, locally, the base images docker/Dockerfile and docker/compose.cluster.yml name, for
+# machines that cannot pull from an image registry:
 #   debian:bookworm-slim   a minimal Debian bookworm root file system made by debootstrap
 #                          (needs root) and `docker import`ed under the official image's tag;
-#   poold-rust:<major.minor>  that plus gcc and the host's Rust toolchain (docker/base/rust.Dockerfile).
+#   poold-rust:<major.minor>  that plus gcc and the host's Rust toolchain (docker/base/rust.Dockerfile);
+#   poold-postgres:15      that plus Debian's PostgreSQL server, for the cluster compose file
+#                          (docker/base/postgres.Dockerfile).
 # An image that already exists under its tag is kept, so only the first run pays; FORCE=1
-# rebuilds both. Where a registry is reachable, pull `debian:bookworm-slim` and use
-# `--build-arg RUST_IMAGE=rust:1.95-bookworm` instead of running this.
+# rebuilds them all. Where a registry is reachable, pull `debian:bookworm-slim` and use
+# `--build-arg RUST_IMAGE=rust:1.95-bookworm` instead of running this (the PostgreSQL image
+# still comes from here, or from `docker build -f docker/base/postgres.Dockerfile docker/base`).
 #
 # Environment: DEBIAN_MIRROR (debootstrap's default mirror if unset), FORCE=1.
 set -euo pipefail
@@ -17,6 +20,8 @@ FORCE=${FORCE:-0}
 
 rust_version=$(rustc --version | awk '{print $2}')        # e.g. 1.95.0
 RUST_IMAGE=${RUST_IMAGE:-poold-rust:${rust_version%.*}}  # e.g. poold-rust:1.95
+PG_MAJOR=15                                              # what Debian bookworm packages
+POSTGRES_IMAGE=poold-postgres:$PG_MAJOR
 
 have_image() { [[ $FORCE != 1 ]] && docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -100,5 +105,17 @@ build_rust() {
   echo "base-images: built $RUST_IMAGE"
 }
 
+build_postgres() {
+  if have_image "$POSTGRES_IMAGE"; then
+    echo "base-images: $POSTGRES_IMAGE exists"
+    return
+  fi
+  echo "base-images: $POSTGRES_IMAGE from Debian's postgresql-$PG_MAJOR ..."
+  docker build -q --force-rm -f docker/base/postgres.Dockerfile --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+    --build-arg PG_MAJOR="$PG_MAJOR" -t "$POSTGRES_IMAGE" docker/base >/dev/null
+  echo "base-images: built $POSTGRES_IMAGE"
+}
+
 build_debian
 build_rust
+build_postgres
