@@ -393,3 +393,70 @@ async fn the_pool_is_the_clusters_and_close_applies_to_every_node() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_upload_on_a_node_that_dies_fails_on_the_others_within_the_lease() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 1).await;
+    let mut b = node(&url, "b", 1).await;
+    wait_nodes(&a, &["a", "b"], "alive").await;
+
+    // An NDJSON upload on b that stays open: its two items run, then b dies.
+    let (lines, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
+    let request = b
+        .client
+        .post(format!("{}/v1/jobs", b.url))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+    let upload = tokio::spawn(async move { request.send().await });
+    for line in [
+        json!({"function": "square", "chunksize": 1}),
+        json!(3),
+        json!(4),
+    ] {
+        lines.send(Ok(format!("{line}\n"))).await.unwrap();
+    }
+    let mut id = String::new();
+    wait_for(
+        "the upload's items done",
+        Duration::from_secs(20),
+        async || {
+            let list: Value = a.get("/v1/jobs").await.json().await.unwrap();
+            match list["jobs"][0]["id"].as_str() {
+                Some(found) => {
+                    id = found.to_string();
+                    a.job(&id).await["done"] == 2
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    b.kill9();
+    drop(lines);
+    let _ = upload.await; // the connection died with b
+
+    let limit = Duration::from_secs_f64(LEASE_S + 3.0);
+    wait_for("the cut-off upload fails", limit, async || {
+        a.job(&id).await["status"] == "failed"
+    })
+    .await;
+    let job = a.job(&id).await;
+    assert!(job["error"].as_str().unwrap().contains("uploaded"), "{job}");
+    let values: Vec<Value> = a
+        .results(&id)
+        .await
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(
+        values,
+        vec![json!(9), json!(16)],
+        "the stored items' results stay"
+    );
+}

@@ -234,7 +234,8 @@ impl Queue {
                 } else {
                     (WINDOW_ITEMS / job.spec.chunksize.max(1)).clamp(4, 256)
                 };
-                match store.claim_chunks(job.id, job.last_fetched, limit).await {
+                let id = job.id;
+                match store.claim_chunks(id, job.last_fetched, limit).await {
                     Ok(chunks) => {
                         let fetched = chunks.len() as u64;
                         job.unfetched = if fetched < u64::from(limit) {
@@ -245,6 +246,12 @@ impl Queue {
                         job.last_fetched =
                             chunks.last().map(|c| c.start_index).or(job.last_fetched);
                         job.ready.extend(chunks.into_iter().map(Pending::new));
+                        if fetched == 0 {
+                            // Nothing left for this node (done, or other nodes have the rest):
+                            // forget the job unless it still waits for chunks; news of more
+                            // work schedules it again.
+                            self.retire_if_done(id);
+                        }
                     }
                     Err(e) => {
                         tracing::error!(job.id = %job.id, error = %e, "could not fetch chunks; will retry");
