@@ -470,7 +470,13 @@ async fn a_million_item_job_page_shows_one_page_of_results_and_draws_a_few_times
     let seconds = started.elapsed().as_secs_f64();
     let drawn = browser.js(renders).await.as_f64().unwrap() - first_renders;
     println!("{drawn} renders in {seconds:.1} s; slowest script round trip {slowest:?}");
-    assert!(drawn >= 2.0, "the page drew progress only {drawn} times");
+    // At least twice a second while the job runs (once when it ran for less than a second:
+    // on a fast machine the built-in worker squares a million items in well under one).
+    let least = (2.0 * seconds).floor().clamp(1.0, 2.0);
+    assert!(
+        drawn >= least,
+        "the page drew progress only {drawn} times in {seconds:.1} s"
+    );
     // The page draws at most 4 times a second (plus the last one); allow one frame of slack.
     assert!(
         drawn <= 4.0 * seconds + 2.0,
