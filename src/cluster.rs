@@ -138,10 +138,13 @@ async fn heartbeat(
         };
         if let Some(snapshot) = &snapshot {
             json = serde_json::to_string(snapshot).expect("a snapshot serializes");
-            if snapshot.size == 0 {
-                adopt_offer(&cluster, &pool).await;
-            }
         }
+        look_around(
+            &cluster,
+            &pool,
+            snapshot.as_ref().is_some_and(|s| s.size == 0),
+        )
+        .await;
         match cluster.heartbeat(shutdown.is_cancelled(), &json).await {
             Ok((lost, accepting)) => {
                 pool.set_accepting(accepting);
@@ -229,19 +232,23 @@ async fn listen(
     }
 }
 
-/// A node without workers serves what the other nodes' workers offer (their functions and
-/// codecs, from their last heartbeats), so that it can check and accept jobs for them.
-async fn adopt_offer(cluster: &Cluster, pool: &PoolHandle) {
+/// What this node learns from the others' last heartbeats: the workers of every live node
+/// (the automatic chunksize divides a job among them), and for a node without workers what
+/// the others' workers offer (their functions and codecs), so that it can check and accept
+/// jobs for them.
+async fn look_around(cluster: &Cluster, pool: &PoolHandle, without_workers: bool) {
     let Ok(nodes) = cluster.nodes(Duration::ZERO).await else {
         return;
     };
-    let offer = nodes
-        .iter()
-        .filter(|n| n.state == "alive")
-        .filter_map(|n| serde_json::from_str::<PoolSnapshot>(&n.pool).ok()?.offer)
-        .next();
-    if let Some(offer) = offer {
-        pool.adopt_offer(offer);
+    let alive = || nodes.iter().filter(|n| n.state == "alive");
+    pool.set_cluster_workers(alive().map(|n| n.workers).sum());
+    if without_workers {
+        let offer = alive()
+            .filter_map(|n| serde_json::from_str::<PoolSnapshot>(&n.pool).ok()?.offer)
+            .next();
+        if let Some(offer) = offer {
+            pool.adopt_offer(offer);
+        }
     }
 }
 

@@ -77,7 +77,8 @@ pub struct Limits {
     pub max_queued_items: u64,
     /// `timeout_s` for jobs that set none (`--task-timeout`).
     pub default_timeout_s: Option<f64>,
-    /// Workers in the pool (for the automatic chunksize).
+    /// This node's workers (for the automatic chunksize on one node; on a shared store, the
+    /// workers of every live node count, see `PoolHandle::cluster_workers`).
     pub workers: usize,
 }
 
@@ -321,7 +322,8 @@ impl JobService {
     /// first worker to say what it serves).
     async fn check_request(&self, request: JobRequest, items: Option<u64>) -> Result<JobSpec> {
         let limits = &self.inner.limits;
-        let spec = spec::validate(request, items, limits.workers, limits.default_timeout_s)
+        let workers = self.inner.pool.cluster_workers().unwrap_or(limits.workers);
+        let spec = spec::validate(request, items, workers, limits.default_timeout_s)
             .map_err(Error::Invalid)?;
         let offer = self
             .inner

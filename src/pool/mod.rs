@@ -12,7 +12,7 @@ mod queue;
 mod supervisor;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -168,6 +168,9 @@ pub struct PoolHandle {
     /// [`PoolHandle::adopt_offer`]).
     offer_tx: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
     accepting: Arc<AtomicBool>,
+    /// Workers of every live node, as the last heartbeat counted them (0: not known, or
+    /// one node): what `Pool.map`'s automatic chunksize divides by.
+    cluster_workers: Arc<AtomicUsize>,
 }
 
 /// Start the supervisor. It first resumes the store's unfinished jobs, then runs until
@@ -192,6 +195,7 @@ pub fn start(
         offer,
         offer_tx,
         accepting: Arc::new(AtomicBool::new(true)),
+        cluster_workers: Arc::default(),
     };
     (handle, task)
 }
@@ -272,6 +276,18 @@ impl PoolHandle {
             }
             changed
         });
+    }
+
+    /// Workers of every live node sharing the store, when the heartbeat has counted them.
+    pub fn cluster_workers(&self) -> Option<usize> {
+        match self.cluster_workers.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn set_cluster_workers(&self, workers: usize) {
+        self.cluster_workers.store(workers, Ordering::Relaxed);
     }
 
     /// `Pool.close()`: whether new jobs are accepted (on a shared store, as the cluster last
