@@ -97,36 +97,10 @@ impl TryFrom<JobRow> for Job {
 // The texts a backend folds rows of chunks into (one hand-off for many rows; done chunks are
 // read by `store::pages`).
 
-/// Queued chunks as `start size items` entries separated by U+001F.
-pub(super) fn parse_queued_chunks(text: &str) -> Result<Vec<Chunk>, Error> {
-    text.split('\u{1f}')
-        .map(|entry| {
-            let mut fields = entry.splitn(3, ' ');
-            let mut number = || {
-                fields
-                    .next()
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .ok_or_else(|| Error::Corrupt(format!("a queued chunk: {entry:.80}")))
-            };
-            let (start_index, size) = (number()?, number()?);
-            let items = fields
-                .next()
-                .and_then(|items| RawValue::from_string(items.to_string()).ok())
-                .ok_or_else(|| Error::Corrupt(format!("a queued chunk's items: {entry:.80}")))?;
-            Ok(Chunk {
-                start_index,
-                size,
-                items,
-                lease: 0,
-                attempts: 0,
-            })
-        })
-        .collect()
-}
-
-/// Claimed chunks as `start size attempts items` entries separated by U+001F, all under
-/// `lease` (see `postgres::cluster`).
-pub(super) fn parse_claimed_chunks(text: &str, lease: u64) -> Result<Vec<Chunk>, Error> {
+/// Chunks to run as `start size attempts items` entries separated by U+001F, all under
+/// `lease` (0 on SQLite, where nothing is claimed and `attempts` is always 0; on PostgreSQL
+/// see `postgres::cluster`).
+pub(super) fn parse_chunks(text: &str, lease: u64) -> Result<Vec<Chunk>, Error> {
     text.split('\u{1f}')
         .map(|entry| {
             let mut fields = entry.splitn(4, ' ');
@@ -134,13 +108,13 @@ pub(super) fn parse_claimed_chunks(text: &str, lease: u64) -> Result<Vec<Chunk>,
                 fields
                     .next()
                     .and_then(|f| f.parse::<u64>().ok())
-                    .ok_or_else(|| Error::Corrupt(format!("a claimed chunk: {entry:.80}")))
+                    .ok_or_else(|| Error::Corrupt(format!("a queued chunk: {entry:.80}")))
             };
             let (start_index, size, attempts) = (number()?, number()?, number()?);
             let items = fields
                 .next()
                 .and_then(|items| RawValue::from_string(items.to_string()).ok())
-                .ok_or_else(|| Error::Corrupt(format!("a claimed chunk's items: {entry:.80}")))?;
+                .ok_or_else(|| Error::Corrupt(format!("a queued chunk's items: {entry:.80}")))?;
             Ok(Chunk {
                 start_index,
                 size,

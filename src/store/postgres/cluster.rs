@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use super::read_error;
 use crate::model::{Chunk, JobId};
-use crate::store::rows::parse_claimed_chunks;
+use crate::store::rows::parse_chunks;
 use crate::store::{NodeRow, Result, format_time};
 
 /// The channel of every notification between nodes.
@@ -287,7 +287,7 @@ impl Cluster {
             .await
             .map_err(read_error)?;
         match text {
-            Some(text) => parse_claimed_chunks(&text, lease),
+            Some(text) => parse_chunks(&text, lease),
             None => Ok(Vec::new()),
         }
     }

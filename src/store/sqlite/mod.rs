@@ -25,7 +25,7 @@ use sqlx::{ConnectOptions, Connection as _};
 use time::OffsetDateTime;
 
 use super::rows::{
-    JobRow, format_time, parse_completion_sizes, parse_queued_chunks, unfinished_jobs,
+    JobRow, format_time, parse_completion_sizes, parse_chunks, unfinished_jobs,
 };
 use super::writer::Writer;
 use super::{CommitHook, Error, Result};
@@ -217,7 +217,7 @@ impl SqliteStore {
         let Some(text) = text else {
             return Ok(Vec::new());
         };
-        parse_queued_chunks(&text)
+        parse_chunks(&text, 0)
     }
 
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
@@ -299,9 +299,10 @@ impl SqliteStore {
     }
 }
 
-/// Queued chunks after item ?2, at most ?3, as `start size items` entries.
+/// Queued chunks after item ?2, at most ?3, as `start size attempts items` entries (no attempts
+/// on one node: always 0; see `rows::parse_chunks`).
 const QUEUED_CHUNKS: &str =
-    "select group_concat(start || ' ' || size || ' ' || items, char(31) order by start)
+    "select group_concat(start || ' ' || size || ' 0 ' || items, char(31) order by start)
      from (select start, size, items from chunks
            where job = (select key from jobs where id = ?1) and state = 0 and start > ?2
            order by start limit +?3)";
