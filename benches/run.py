@@ -57,14 +57,17 @@ def log(*args):
 
 
 class Server:
-    """One `poold serve` on a fresh temporary database; stopped (and its files removed) on exit."""
+    """One `poold serve`, by default on a fresh temporary SQLite database; stopped (and its
+    files removed) on exit. `database` is another `--database` (a `postgres://` URL),
+    `serve_args` more `poold serve` flags (`--node-name …`)."""
 
-    def __init__(self, poold, worker="python", workers=2):
+    def __init__(self, poold, worker="python", workers=2, database=None, serve_args=()):
         self.dir = tempfile.TemporaryDirectory(prefix="poold-bench-")
         self.workers = workers
+        self.database = database or os.path.join(self.dir.name, "poold.db")
         args = [poold, "serve", "--bind", "127.0.0.1:0", "--workers", str(workers),
-                "--database", os.path.join(self.dir.name, "poold.db"),
-                "--shutdown-grace", "0", "--kill-grace", "0.5"]
+                "--database", self.database,
+                "--shutdown-grace", "0", "--kill-grace", "0.5", *serve_args]
         env = dict(os.environ)
         if worker == "python":
             args += ["--worker-command", WORKER_COMMAND]
@@ -91,14 +94,23 @@ class Server:
         return self.proc.stdout.readline().decode()
 
     def _wait_workers_idle(self, timeout):
+        """Until this node's workers are idle (on PostgreSQL, `/v1/pool` lists every node's);
+        sets `node_id`, this node's id in `GET /v1/nodes`."""
         conn = self.http()
         deadline = time.monotonic() + timeout
+        self.node_id = None
         try:
             while True:
+                if self.node_id is None:
+                    status, _, body = conn.request("GET", "/v1/nodes")
+                    if status == 200:
+                        address = f"{self.host}:{self.port}"
+                        self.node_id = next((n["id"] for n in json.loads(body)["nodes"]
+                                             if n["address"] == address), None)
                 status, _, body = conn.request("GET", "/v1/pool")
-                if status == 200:
+                if status == 200 and self.node_id is not None:
                     pool = json.loads(body)
-                    states = [w["state"] for w in pool["workers"]]
+                    states = [w["state"] for w in pool["workers"] if w["node"] == self.node_id]
                     if len(states) == self.workers and all(s == "idle" for s in states):
                         return
                 if time.monotonic() > deadline:
@@ -108,8 +120,8 @@ class Server:
             conn.close()
 
     def db_bytes(self):
-        """The database's bytes on disk: the file and its write-ahead log."""
-        path = os.path.join(self.dir.name, "poold.db")
+        """The SQLite database's bytes on disk: the file and its write-ahead log."""
+        path = self.database
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
     def log_text(self):
@@ -190,16 +202,17 @@ def check_completed(job, total):
 # Samples: each returns one figure
 
 
-def poold_map(poold, worker, function, items, chunksize, db_sizes=None):
+def poold_map(poold, worker, function, items, chunksize, db_sizes=None, database=None):
     """Submit one job, return seconds from the POST to the job being completed (every result
     committed): the POST is sent, then `GET /v1/jobs/{id}?wait=60` long-polls to the end.
     With `db_sizes` (a list), the database's size on disk (file + WAL) once the job is
-    completed is appended to it."""
+    completed is appended to it. `database`: a `--database` other than a temporary SQLite
+    file."""
     job = {"function": function, "items": items}
     if chunksize is not None:
         job["chunksize"] = chunksize
     body = json.dumps(job).encode()
-    with Server(poold, worker) as server:
+    with Server(poold, worker, database=database) as server:
         conn = server.http()
         t0 = time.perf_counter()
         job_id = submit(conn, body)
@@ -333,10 +346,10 @@ def _jobs_client(host, port, first, count, start, out):
     conn.close()
 
 
-def poold_many_jobs(poold, jobs, clients):
+def poold_many_jobs(poold, jobs, clients, database=None):
     """Seconds from the start signal until `clients` processes have each POSTed their share
     of `jobs` one-item jobs, back to back, and seen every one of them completed."""
-    with Server(poold, "python") as server:
+    with Server(poold, "python", database=database) as server:
         ctx = multiprocessing.get_context("fork")
         start, out = ctx.Event(), ctx.Queue()
         share = jobs // clients
