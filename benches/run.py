@@ -5,6 +5,7 @@
     python3 benches/run.py --quick                             # smoke run: 1 repetition, small sizes
     python3 benches/run.py --only 1,5 --reps 5                 # some workloads
     python3 benches/run.py --only 9-13 --python VENV/bin/python  # with a Ray column
+    python3 benches/run.py --only 14-16                        # the cluster rows (PostgreSQL)
 
 Each poold sample starts `target/release/poold serve` on a fresh temporary SQLite database
 (2 workers running the SDK worker, `python -m poold.worker funcs`, or the built-in Rust worker
@@ -14,17 +15,26 @@ keep-alive client (`rawhttp.py`) for workloads 1-8, or with `poold.Pool` for 9-1
 starts; with `--python`, 9-13 also run `ray.util.multiprocessing.Pool(2)` under that
 interpreter (`ray_side.py`). Every side runs the same functions from `funcs.py`. Samples of
 the sides alternate, and each figure is the median over the repetitions; ratios are taken
-between medians of the same run. See benches/README.md for what each workload measures.
+between medians of the same run. Workloads 14-16 run poold on PostgreSQL (a throwaway server
+from Debian's binaries under /usr/lib/postgresql, started by the harness; skipped without
+them): three nodes against one, PostgreSQL against SQLite, and a node's kill -9. See
+benches/README.md for what each workload measures.
 """
 
 import argparse
+import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
 import platform
+import pwd
+import random
 import select
 import shlex
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,14 +67,17 @@ def log(*args):
 
 
 class Server:
-    """One `poold serve` on a fresh temporary database; stopped (and its files removed) on exit."""
+    """One `poold serve`, by default on a fresh temporary SQLite database; stopped (and its
+    files removed) on exit. `database` is another `--database` (a `postgres://` URL),
+    `serve_args` more `poold serve` flags (`--node-name …`)."""
 
-    def __init__(self, poold, worker="python", workers=2):
+    def __init__(self, poold, worker="python", workers=2, database=None, serve_args=()):
         self.dir = tempfile.TemporaryDirectory(prefix="poold-bench-")
         self.workers = workers
+        self.database = database or os.path.join(self.dir.name, "poold.db")
         args = [poold, "serve", "--bind", "127.0.0.1:0", "--workers", str(workers),
-                "--database", os.path.join(self.dir.name, "poold.db"),
-                "--shutdown-grace", "0", "--kill-grace", "0.5"]
+                "--database", self.database,
+                "--shutdown-grace", "0", "--kill-grace", "0.5", *serve_args]
         env = dict(os.environ)
         if worker == "python":
             args += ["--worker-command", WORKER_COMMAND]
@@ -91,14 +104,23 @@ class Server:
         return self.proc.stdout.readline().decode()
 
     def _wait_workers_idle(self, timeout):
+        """Until this node's workers are idle (on PostgreSQL, `/v1/pool` lists every node's);
+        sets `node_id`, this node's id in `GET /v1/nodes`."""
         conn = self.http()
         deadline = time.monotonic() + timeout
+        self.node_id = None
         try:
             while True:
+                if self.node_id is None:
+                    status, _, body = conn.request("GET", "/v1/nodes")
+                    if status == 200:
+                        address = f"{self.host}:{self.port}"
+                        self.node_id = next((n["id"] for n in json.loads(body)["nodes"]
+                                             if n["address"] == address), None)
                 status, _, body = conn.request("GET", "/v1/pool")
-                if status == 200:
+                if status == 200 and self.node_id is not None:
                     pool = json.loads(body)
-                    states = [w["state"] for w in pool["workers"]]
+                    states = [w["state"] for w in pool["workers"] if w["node"] == self.node_id]
                     if len(states) == self.workers and all(s == "idle" for s in states):
                         return
                 if time.monotonic() > deadline:
@@ -108,8 +130,8 @@ class Server:
             conn.close()
 
     def db_bytes(self):
-        """The database's bytes on disk: the file and its write-ahead log."""
-        path = os.path.join(self.dir.name, "poold.db")
+        """The SQLite database's bytes on disk: the file and its write-ahead log."""
+        path = self.database
         return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
     def log_text(self):
@@ -159,6 +181,121 @@ class Server:
         self.stop()
 
 
+class Postgres:
+    """A throwaway PostgreSQL server for the cluster rows (14-16), as `tests/common/postgres.rs`
+    starts one: Debian's binaries (`/usr/lib/postgresql/<highest version>/bin`), `initdb` into
+    a temporary directory, `postgres` on a free loopback port, as `nobody` when run as root
+    (PostgreSQL refuses root). fsync and full-page writes are off (nothing here must survive a
+    power cut); commits still write their WAL to the OS, as SQLite's `synchronous = NORMAL`
+    does. It runs in a session of its own (a Ctrl-C reaches the harness, which stops it) and
+    dies with the harness if that is killed (parent-death signal). `stop()` removes it all."""
+
+    ROOT = "/usr/lib/postgresql"
+
+    @classmethod
+    def bin_dir(cls):
+        """The highest version's bin directory, or None without the server binaries."""
+        try:
+            names = os.listdir(cls.ROOT)
+        except OSError:
+            return None
+        bins = sorted((int(n), os.path.join(cls.ROOT, n, "bin")) for n in names if n.isdigit())
+        bins = [path for _, path in bins if os.path.isfile(os.path.join(path, "postgres"))]
+        return bins[-1] if bins else None
+
+    def __init__(self):
+        self.bin = self.bin_dir()
+        if self.bin is None:
+            raise RuntimeError(f"no PostgreSQL server binaries under {self.ROOT}/*/bin")
+        self.proc, self.databases = None, 0
+        self.dir = tempfile.mkdtemp(prefix="poold-bench-pg-")
+        try:
+            self.user = {}
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.chown(self.dir, nobody.pw_uid, nobody.pw_gid)
+                self.user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+            data = os.path.join(self.dir, "data")
+            subprocess.run([os.path.join(self.bin, "initdb"), "--auth=trust", "--username=poold",
+                            "--encoding=UTF8", "--no-sync", "-D", data],
+                           cwd=self.dir, capture_output=True, check=True, timeout=120,
+                           **self.user)
+            self.port = free_port()
+            with open(os.path.join(self.dir, "postgres.log"), "ab") as log_file:
+                libc = ctypes.CDLL(None, use_errno=True)
+                self.proc = subprocess.Popen(
+                    [os.path.join(self.bin, "postgres"), "-D", data, "-p", str(self.port),
+                     "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                     "-c", "full_page_writes=off", "-c", "max_connections=300"],
+                    cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=log_file, start_new_session=True,
+                    # PR_SET_PDEATHSIG (1): SIGQUIT, PostgreSQL's immediate shutdown. It runs
+                    # after the change of user, which would clear it.
+                    preexec_fn=lambda: libc.prctl(1, int(signal.SIGQUIT), 0, 0, 0),
+                    **self.user)
+            deadline = time.monotonic() + 30
+            while self.psql("postgres", "select 1", check=False).returncode != 0:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL did not start; log:\n{self.log_text()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, name):
+        return f"postgres://poold@127.0.0.1:{self.port}/{name}"
+
+    def psql(self, database, sql, check=True):
+        """Run `sql` with psql on `database` (a name or a URL): unaligned, tuples only."""
+        url = database if "://" in database else self.url(database)
+        out = subprocess.run([os.path.join(self.bin, "psql"), "-X", "-A", "-t", "-q",
+                              "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+                             capture_output=True, text=True, timeout=60)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"psql {sql!r}: {out.stderr.strip()}")
+        return out
+
+    def query(self, database, sql):
+        """The rows of `sql` (as lists of text fields, `|`-separated by psql)."""
+        text = self.psql(database, sql).stdout
+        return [line.split("|") for line in text.splitlines() if line]
+
+    @contextlib.contextmanager
+    def database(self):
+        """A fresh, empty database as a `postgres://` URL; dropped afterwards (once the
+        nodes using it are stopped, or by force)."""
+        self.databases += 1
+        name = f"bench_{self.databases}"
+        self.psql("postgres", f"create database {name}")
+        try:
+            yield self.url(name)
+        finally:
+            self.psql("postgres", f"drop database if exists {name} with (force)", check=False)
+
+    def log_text(self):
+        try:
+            with open(os.path.join(self.dir, "postgres.log"), "rb") as f:
+                return f.read()[-4000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def submit(conn, job):
     """POST a job (a dict, or its JSON encoding) and return its id."""
     body = job if isinstance(job, bytes) else json.dumps(job).encode()
@@ -190,16 +327,17 @@ def check_completed(job, total):
 # Samples: each returns one figure
 
 
-def poold_map(poold, worker, function, items, chunksize, db_sizes=None):
+def poold_map(poold, worker, function, items, chunksize, db_sizes=None, database=None):
     """Submit one job, return seconds from the POST to the job being completed (every result
     committed): the POST is sent, then `GET /v1/jobs/{id}?wait=60` long-polls to the end.
     With `db_sizes` (a list), the database's size on disk (file + WAL) once the job is
-    completed is appended to it."""
+    completed is appended to it. `database`: a `--database` other than a temporary SQLite
+    file."""
     job = {"function": function, "items": items}
     if chunksize is not None:
         job["chunksize"] = chunksize
     body = json.dumps(job).encode()
-    with Server(poold, worker) as server:
+    with Server(poold, worker, database=database) as server:
         conn = server.http()
         t0 = time.perf_counter()
         job_id = submit(conn, body)
@@ -333,10 +471,10 @@ def _jobs_client(host, port, first, count, start, out):
     conn.close()
 
 
-def poold_many_jobs(poold, jobs, clients):
+def poold_many_jobs(poold, jobs, clients, database=None):
     """Seconds from the start signal until `clients` processes have each POSTed their share
     of `jobs` one-item jobs, back to back, and seen every one of them completed."""
-    with Server(poold, "python") as server:
+    with Server(poold, "python", database=database) as server:
         ctx = multiprocessing.get_context("fork")
         start, out = ctx.Event(), ctx.Queue()
         share = jobs // clients
@@ -433,6 +571,119 @@ def pool_rss(n):
 
 
 # --------------------------------------------------------------------------------------------
+# Several nodes on one PostgreSQL (14-16)
+
+
+def start_nodes(poold, url, nodes, workers, stack, stagger=0.0):
+    """`nodes` nodes named bench-1, bench-2, … (the built-in worker, `workers` each) on the
+    database at `url`, entered on `stack` (an ExitStack); returns them once the first lists
+    them all alive. With `stagger`, each node after the first starts a random 0–`stagger`
+    seconds after the one before (so that their heartbeats are out of step, as on machines
+    started independently)."""
+    servers = []
+    for i in range(1, nodes + 1):
+        if i > 1 and stagger:
+            time.sleep(random.uniform(0, stagger))
+        servers.append(stack.enter_context(Server(poold, "rust", workers, database=url,
+                                                  serve_args=["--node-name", f"bench-{i}"])))
+    conn = servers[0].http()
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            _, _, body = conn.request("GET", "/v1/nodes")
+            ids = {n["id"] for n in json.loads(body)["nodes"] if n["state"] == "alive"}
+            if ids >= {s.node_id for s in servers}:
+                return servers
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every node alive in 30 s: {body[:1000]!r}")
+            time.sleep(0.02)
+    finally:
+        conn.close()
+
+
+def poold_cluster_map(poold, postgres, nodes, function, items, chunksize):
+    """Seconds from the POST (on the first of `nodes` nodes, `--workers 1` each, on a fresh
+    PostgreSQL database) to the job being completed, as `poold_map`."""
+    body = json.dumps({"function": function, "items": items, "chunksize": chunksize}).encode()
+    with postgres.database() as url, contextlib.ExitStack() as stack:
+        first = start_nodes(poold, url, nodes, 1, stack)[0]
+        conn = first.http()
+        t0 = time.perf_counter()
+        job_id = submit(conn, body)
+        job = wait_finished(conn, job_id)
+        elapsed = time.perf_counter() - t0
+        check_completed(job, len(items))
+        conn.close()
+    return elapsed
+
+
+class NoClaimAtKill(Exception):
+    """The victim of workload 16 held no claim once killed (it finished its chunks between
+    the query and the kill): the sample measures nothing and is taken again."""
+
+
+LEASE_S = 10.0  # poold's default --node-lease; its nodes heartbeat every third of it
+
+
+def poold_kill_to_elsewhere(poold, postgres, items, seconds, attempts=3):
+    """Three nodes (2 built-in workers each, the default `--node-lease`, started out of step)
+    on a fresh database; `items` × `sleep(seconds)`, chunksize 1, POSTed on the first. Once
+    the second node holds claims (`chunks.owner`, queried with psql), and a random 0–lease/3
+    seconds later (a kill lands anywhere between two heartbeats), it gets SIGKILL; then the
+    database is polled until no queued chunk is owned by it and at least one of the chunks it
+    held is claimed by another node or done. Returns (seconds from the kill to its claims
+    being released, to one of them running elsewhere, each read when the poll that saw it
+    returned; and how old its last heartbeat was at the kill)."""
+    for attempt in range(attempts):
+        try:
+            return _kill_to_elsewhere(poold, postgres, items, seconds)
+        except NoClaimAtKill:
+            log(f"    the victim held no claim at its kill (attempt {attempt + 1}); again")
+    raise RuntimeError(f"the victim held no claim at its kill, {attempts} times")
+
+
+def _kill_to_elsewhere(poold, postgres, items, seconds):
+    job = {"function": "sleep", "items": [seconds] * items, "chunksize": 1}
+    with postgres.database() as url, contextlib.ExitStack() as stack:
+        first, victim, _ = start_nodes(poold, url, 3, 2, stack, stagger=LEASE_S / 3)
+        conn = first.http()
+        submit(conn, job)
+        conn.close()
+        claims = f"select start from chunks where state = 0 and owner = '{victim.node_id}'"
+        deadline = time.monotonic() + 30
+        while not postgres.query(url, claims):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the victim claimed no chunk in 30 s")
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, LEASE_S / 3))
+        age = float(postgres.query(url, "select extract(epoch from now() - heartbeat_at) "
+                                        f"from nodes where id = '{victim.node_id}'")[0][0])
+        victim.proc.kill()
+        killed = time.perf_counter()
+        victim.proc.wait()
+        held = [row[0] for row in postgres.query(url, claims)]
+        if not held:
+            raise NoClaimAtKill()
+        poll = (f"select (select count(*) from chunks where state = 0"
+                f"        and owner = '{victim.node_id}'),"
+                f"       (select count(*) from chunks where start in ({', '.join(held)})"
+                f"        and (state = 1 or (state = 0 and owner <> '{victim.node_id}')))")
+        released = None
+        while True:
+            left, elsewhere = (int(x) for x in postgres.query(url, poll)[0])
+            now = time.perf_counter() - killed
+            if left == 0 and released is None:
+                released = now
+            if left == 0 and elsewhere > 0:
+                return released, now, age
+            if now > 60:
+                raise RuntimeError(f"the victim's chunks not elsewhere 60 s after its kill "
+                                   f"({left} still claimed); first node's log:\n"
+                                   f"{first.log_text()}")
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
 # Calibration, repetitions, the table
 
 
@@ -458,13 +709,20 @@ def reps_of(reps, *samplers):
     return results
 
 
+class Skipped(Exception):
+    """A workload that cannot run on this machine; the message says why."""
+
+
 class Row:
-    def __init__(self, workload, poold, pool, ratio, bar, unit, better, ray=None):
+    def __init__(self, workload, poold, pool, ratio, bar, unit, better, ray=None, result=None):
         self.workload, self.poold, self.pool, self.ratio = workload, poold, pool, ratio
         self.bar, self.unit, self.better = bar, unit, better  # bar = (must, target) on `better`
         self.ray = ray  # Ray Pool(2)'s figure (9-13 with --python); the ratio is then to it
+        self.result = result  # a verdict given, e.g. "skipped"
 
     def verdict(self):
+        if self.result is not None:
+            return self.result
         if self.bar is None:
             return "info"
         value = self.ratio if self.better.startswith("ratio") else self.poold
@@ -531,7 +789,7 @@ def main():
         sys.exit(f"{args.poold} not found: run `cargo build --release` first")
     reps = args.reps or (1 if args.quick else 3)
     scale = 10 if args.quick else 1
-    only = set(range(1, 14))
+    only = set(range(1, 17))
     if args.only:
         only = set()
         for part in args.only.split(","):
@@ -750,21 +1008,125 @@ def main():
                         (1.0, None), "ms", "ratio-low", ray))
         notes.append(f"13: p99 poold {py99:.2f} ms" + (f", Ray {ray99:.2f} ms" if ray else ""))
 
+    pg = None
+
+    def postgres():
+        """The PostgreSQL server of 14-16, started on first use; Skipped without binaries."""
+        nonlocal pg
+        if pg is None:
+            if Postgres.bin_dir() is None:
+                raise Skipped(f"no PostgreSQL server binaries under {Postgres.ROOT}/*/bin "
+                              f"(apt-get install postgresql)")
+            log("starting a throwaway PostgreSQL …")
+            pg = Postgres()
+        return pg
+
+    def on_postgres(sample, *args):
+        """A sample on a fresh database of the PostgreSQL server."""
+        with postgres().database() as url:
+            return sample(*args, database=url)
+
+    def workload_14():
+        pg = postgres()
+        n = 270 // scale
+        items = [0.05] * n
+        log(f"[14] {n} × sleep(0.05), chunksize 1: 1 node, then 3 nodes, on PostgreSQL …")
+        one, three = reps_of(reps, lambda: poold_cluster_map(poold, pg, 1, "sleep", items, 1),
+                             lambda: poold_cluster_map(poold, pg, 3, "sleep", items, 1))
+        raw["14"] = {"one_node_s": one, "three_nodes_s": three}
+        one, three = n / statistics.median(one), n / statistics.median(three)
+        rows.append(Row(f"14. {n} × sleep(0.05), chunksize 1: 3 nodes × 1 worker", three, None,
+                        three / one, (2.7, 2.9), "items/s", "ratio-high"))
+        rows.append(Row("    same, 1 node × 1 worker", one, None, None, None, "items/s",
+                        "ratio-high"))
+        notes.append("14: ratio = 3 nodes / 1 node (each sample on a fresh PostgreSQL "
+                     "database, built-in worker, `--workers 1` per node, the job POSTed on "
+                     "the first node, timed to `completed`); 1 worker does at most 20 items/s.")
+
+    def workload_15():
+        postgres()
+        n = 1_000_000 // scale
+        items = list(range(n))
+        log(f"[15] workload 2 ({n:,} trivial, chunksize 100) on PostgreSQL and on SQLite …")
+        on_pg, on_sqlite = reps_of(
+            reps, lambda: on_postgres(poold_map, poold, "python", "square", items, 100),
+            lambda: poold_map(poold, "python", "square", items, 100))
+        raw["15-map"] = {"postgres_s": on_pg, "sqlite_s": on_sqlite}
+        on_pg, on_sqlite = n / statistics.median(on_pg), n / statistics.median(on_sqlite)
+        rows.append(Row(f"15. workload 2 on PostgreSQL ({n:,}, chunksize 100)", on_pg, None,
+                        on_pg / on_sqlite, (0.5, None), "items/s", "ratio-high"))
+        rows.append(Row("    same on SQLite", on_sqlite, None, None, None, "items/s",
+                        "ratio-high"))
+        jobs = 10_000 // scale
+        log(f"[15] workload 7 ({jobs:,} one-item jobs, 8 clients) on PostgreSQL and on SQLite …")
+        on_pg, on_sqlite = reps_of(reps, lambda: on_postgres(poold_many_jobs, poold, jobs, 8),
+                                   lambda: poold_many_jobs(poold, jobs, 8))
+        done = on_pg[0][1]
+        raw["15-jobs"] = {"postgres_s": [t for t, _ in on_pg],
+                          "sqlite_s": [t for t, _ in on_sqlite]}
+        on_pg = done / statistics.median(t for t, _ in on_pg)
+        on_sqlite = done / statistics.median(t for t, _ in on_sqlite)
+        rows.append(Row(f"15. workload 7 on PostgreSQL ({done:,} jobs, 8 clients)", on_pg,
+                        None, on_pg / on_sqlite, (0.5, None), "jobs/s", "ratio-high"))
+        rows.append(Row("    same on SQLite", on_sqlite, None, None, None, "jobs/s",
+                        "ratio-high"))
+        notes.append("15: one node, the SDK worker, as workloads 2 and 7; ratio = PostgreSQL "
+                     "/ SQLite, samples alternating. PostgreSQL is a throwaway local server "
+                     "with fsync=off and full_page_writes=off (commits still write their WAL "
+                     "to the OS); SQLite as poold always runs it (WAL, synchronous=NORMAL).")
+
+    def workload_16():
+        pg = postgres()
+        items, seconds = 720, 0.5
+        log(f"[16] kill -9 of one of 3 nodes under {items} × sleep({seconds}) …")
+        got = reps_of(reps, lambda: poold_kill_to_elsewhere(poold, pg, items, seconds))[0]
+        released, elsewhere, ages = ([sample[k] for sample in got] for k in range(3))
+        raw["16"] = {"released_s": released, "elsewhere_s": elsewhere,
+                     "heartbeat_age_at_kill_s": ages}
+        rows.append(Row(f"16. kill -9 of a node → its chunks run elsewhere "
+                        f"(lease {LEASE_S:.0f} s)", statistics.median(elsewhere), None, None,
+                        (LEASE_S + 2, None), "s", "abs-low"))
+        listed = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+        notes.append(f"16: 3 nodes × 2 built-in workers, default --node-lease {LEASE_S:.0f} "
+                     f"(heartbeat every {LEASE_S / 3:.1f} s); per sample, kill → chunks "
+                     f"elsewhere {listed(elsewhere)} s, the victim's last heartbeat being "
+                     f"{listed(ages)} s old at the kill; kill → its claims released (owner "
+                     f"NULL) {statistics.median(released):.2f} s (median). Other nodes look "
+                     f"for lost ones on their own heartbeats: a sample is lease − heartbeat "
+                     f"age + up to {LEASE_S / 3:.1f} s.")
+
     workloads = [workload_1, workload_2, workload_3, workload_4, workload_5, workload_6,
                  workload_7, workload_8, workload_9, workload_10, workload_11, workload_12,
-                 workload_13]
+                 workload_13, workload_14, workload_15, workload_16]
+    harness = os.getpid()
+
+    def on_sigterm(signum, _frame):
+        """A SIGTERM unwinds the harness like a Ctrl-C, so that its servers and temporary
+        files are removed; forked children (Pool workers) still die of it at once."""
+        if os.getpid() != harness:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for number, workload in enumerate(workloads, 1):
             if number not in only:
                 continue
             try:
                 workload()
+            except Skipped as e:
+                log(f"[{number}] skipped: {e}")
+                rows.append(Row(f"{number}. skipped: {e}", None, None, None, None, "",
+                                "abs-high", result="skipped"))
             except Exception as e:  # report it, go on with the next workload
                 import traceback
                 traceback.print_exc()
                 rows.append(Row(f"{number}. ERROR: {type(e).__name__}: {str(e)[:80]}", None,
                                 None, None, None, "", "abs-high"))
     finally:
+        if pg is not None:
+            pg.stop()
         print()
         print_table(rows)
         print()
