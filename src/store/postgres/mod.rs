@@ -51,8 +51,15 @@ impl PgStore {
         node: &NodeRow,
         on_commit: CommitHook,
     ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        // Every statement of poold finds its rows by a key, an id or an index; but the plans
+        // PostgreSQL caches for prepared statements are made from the statistics of the moment,
+        // and while tables grow faster than autovacuum analyzes them (a new deployment, a
+        // burst of jobs) those say the tables are tiny, so the cached plans scan them whole:
+        // one-item jobs went 4× slower as their number grew. Without sequential scans the
+        // planner takes the indexes whatever the statistics say.
         let options = PgConnectOptions::from_str(url)?
             .application_name("poold")
+            .options([("enable_seqscan", "off")])
             .disable_statement_logging();
         // The writer's connection first: a server out of reach fails the start with the
         // reason (the pool would only say it timed out).

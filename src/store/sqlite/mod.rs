@@ -24,9 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection as _};
 use time::OffsetDateTime;
 
-use super::rows::{
-    JobRow, format_time, parse_completion_sizes, parse_chunks, unfinished_jobs,
-};
+use super::rows::{JobRow, format_time, parse_chunks, parse_completion_sizes, unfinished_jobs};
 use super::writer::Writer;
 use super::{CommitHook, Error, Result};
 use crate::model::{Chunk, Job, JobId, JobStatus};
