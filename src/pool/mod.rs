@@ -4,8 +4,10 @@
 //! [`start`] spawns the [`supervisor`] task and returns a [`PoolHandle`], the cheap clone the
 //! API holds: it tells the supervisor about stored chunks (of new jobs, and of jobs whose items
 //! are still being uploaded) and about cancelled jobs, asks for snapshots, and
-//! reads what the workers offer (their functions and codecs). Chunks come from the store, results go back to
-//! it; [`queue`] decides which job's chunk runs next; [`process`] owns one OS process.
+//! reads what the workers offer (their functions and codecs). On a store shared by several
+//! nodes, `crate::cluster` also tells it of other nodes' work and ends, and has it audit its
+//! claims (see `queue` for how much a node claims). Chunks come from the store, results go
+//! back to it; [`queue`] decides which job's chunk runs next; [`process`] owns one OS process.
 
 mod process;
 mod queue;
