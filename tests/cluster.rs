@@ -353,12 +353,16 @@ async fn the_pool_is_the_clusters_and_close_applies_to_every_node() {
 
     // Pool.map's automatic chunksize divides a job among every node's workers: 600 items over
     // 3 workers is 50 per chunk (a's 1 worker alone would make it 150).
-    wait_for("the automatic chunksize counts every node", Duration::from_secs(5), async || {
-        let id = a
-            .submit(json!({"function": "square", "items": vec![1; 600]}))
-            .await;
-        a.job(&id).await["chunksize"] == 50
-    })
+    wait_for(
+        "the automatic chunksize counts every node",
+        Duration::from_secs(5),
+        async || {
+            let id = a
+                .submit(json!({"function": "square", "items": vec![1; 600]}))
+                .await;
+            a.job(&id).await["chunksize"] == 50
+        },
+    )
     .await;
 
     // Each node's metrics say which node they are.
