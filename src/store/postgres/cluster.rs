@@ -108,6 +108,37 @@ pub async fn notify(conn: &mut PgConnection, payloads: &[String]) -> Result<()> 
     Ok(())
 }
 
+/// Give back every claim of `node` but those of `held` (job, chunk start), and tell the other
+/// nodes there is work in their jobs (in the caller's transaction). Returns those jobs. Used
+/// by [`Cluster::release_unheld`], and by a stopping node's last write (`ops`, `Op::Leave`,
+/// holding nothing).
+pub async fn release(
+    conn: &mut PgConnection,
+    node: &str,
+    held: &[(JobId, u64)],
+) -> Result<Vec<JobId>> {
+    let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
+    let starts: Vec<i64> = held.iter().map(|(_, start)| *start as i64).collect();
+    let released: Vec<String> = sqlx::query_scalar(
+        "with h as (select j.key as job, h.start
+                    from unnest($2::text[], $3::bigint[]) as h(id, start)
+                    join jobs as j on j.id = h.id),
+         r as (update chunks set owner = null, lease = null
+               where state = 0 and owner = $1
+                 and (job, start) not in (select job, start from h)
+               returning job)
+         select distinct jobs.id from r join jobs on jobs.key = r.job",
+    )
+    .bind(node)
+    .bind(ids)
+    .bind(starts)
+    .fetch_all(&mut *conn)
+    .await?;
+    let released: Vec<JobId> = released.iter().filter_map(|id| id.parse().ok()).collect();
+    notify(conn, &payloads(node, NoticeKind::Work, &released)).await?;
+    Ok(released)
+}
+
 /// This node's side of the cluster tables.
 #[derive(Clone)]
 pub struct Cluster {
@@ -298,26 +329,8 @@ impl Cluster {
     /// connection; the supervisor runs this now and then, so that no claimed chunk is
     /// stranded on a live node. Returns the jobs whose chunks went back (others are told).
     pub async fn release_unheld(&self, held: &[(JobId, u64)]) -> Result<Vec<JobId>> {
-        let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
-        let starts: Vec<i64> = held.iter().map(|(_, start)| *start as i64).collect();
         let mut tx = self.pool.begin().await.map_err(read_error)?;
-        let released: Vec<String> = sqlx::query_scalar(
-            "with h as (select j.key as job, h.start
-                        from unnest($2::text[], $3::bigint[]) as h(id, start)
-                        join jobs as j on j.id = h.id),
-             r as (update chunks set owner = null, lease = null
-                   where state = 0 and owner = $1
-                     and (job, start) not in (select job, start from h)
-                   returning job)
-             select distinct jobs.id from r join jobs on jobs.key = r.job",
-        )
-        .bind(&*self.node)
-        .bind(ids)
-        .bind(starts)
-        .fetch_all(&mut *tx)
-        .await?;
-        let released: Vec<JobId> = released.iter().filter_map(|id| id.parse().ok()).collect();
-        notify(&mut tx, &payloads(&self.node, NoticeKind::Work, &released)).await?;
+        let released = release(&mut tx, &self.node, held).await?;
         tx.commit().await?;
         Ok(released)
     }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::postgres::PgConnection;
 
 use super::cluster::{self, NoticeKind};
-use crate::model::{JobId, JobStatus};
+use crate::model::JobStatus;
 use crate::store::format_time;
 use crate::store::writer::{Op, Outcome};
 use crate::store::{DeleteOutcome, Error, NewJob, Result};
@@ -333,20 +333,11 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
         Op::Leave => {
-            let released: Vec<String> = sqlx::query_scalar(
-                "with r as (update chunks set owner = null, lease = null
-                            where state = 0 and owner = $1 returning job)
-                 select distinct jobs.id from r join jobs on jobs.key = r.job",
-            )
-            .bind(node)
-            .fetch_all(&mut *conn)
-            .await?;
+            cluster::release(conn, node, &[]).await?;
             sqlx::query("update nodes set state = 'stopped' where id = $1")
                 .bind(node)
                 .execute(&mut *conn)
                 .await?;
-            let ids: Vec<JobId> = released.iter().filter_map(|id| id.parse().ok()).collect();
-            cluster::notify(conn, &cluster::payloads(node, NoticeKind::Work, &ids)).await?;
             Ok(Outcome::Done)
         }
         Op::PurgeFinished { before, limit } => {
