@@ -327,6 +327,21 @@ def check_completed(job, total):
 # Samples: each returns one figure
 
 
+def timed_job(server, body, total):
+    """Seconds from POSTing `body` to `server` to the job being completed (every one of its
+    `total` results committed): the POST, then `GET /v1/jobs/{id}?wait=60` long-polls."""
+    conn = server.http()
+    try:
+        t0 = time.perf_counter()
+        job_id = submit(conn, body)
+        job = wait_finished(conn, job_id)
+        elapsed = time.perf_counter() - t0
+    finally:
+        conn.close()
+    check_completed(job, total)
+    return elapsed
+
+
 def poold_map(poold, worker, function, items, chunksize, db_sizes=None, database=None):
     """Submit one job, return seconds from the POST to the job being completed (every result
     committed): the POST is sent, then `GET /v1/jobs/{id}?wait=60` long-polls to the end.
@@ -338,13 +353,7 @@ def poold_map(poold, worker, function, items, chunksize, db_sizes=None, database
         job["chunksize"] = chunksize
     body = json.dumps(job).encode()
     with Server(poold, worker, database=database) as server:
-        conn = server.http()
-        t0 = time.perf_counter()
-        job_id = submit(conn, body)
-        job = wait_finished(conn, job_id)
-        elapsed = time.perf_counter() - t0
-        check_completed(job, len(items))
-        conn.close()
+        elapsed = timed_job(server, body, len(items))
         if db_sizes is not None:
             db_sizes.append(server.db_bytes())
     return elapsed
@@ -607,14 +616,7 @@ def poold_cluster_map(poold, postgres, nodes, function, items, chunksize):
     body = json.dumps({"function": function, "items": items, "chunksize": chunksize}).encode()
     with postgres.database() as url, contextlib.ExitStack() as stack:
         first = start_nodes(poold, url, nodes, 1, stack)[0]
-        conn = first.http()
-        t0 = time.perf_counter()
-        job_id = submit(conn, body)
-        job = wait_finished(conn, job_id)
-        elapsed = time.perf_counter() - t0
-        check_completed(job, len(items))
-        conn.close()
-    return elapsed
+        return timed_job(first, body, len(items))
 
 
 class NoClaimAtKill(Exception):
