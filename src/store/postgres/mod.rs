@@ -56,10 +56,13 @@ impl PgStore {
         // and while tables grow faster than autovacuum analyzes them (a new deployment, a
         // burst of jobs) those say the tables are tiny, so the cached plans scan them whole:
         // one-item jobs went 4× slower as their number grew. Without sequential scans the
-        // planner takes the indexes whatever the statistics say.
+        // planner takes the indexes whatever the statistics say. That penalty (a cost of 1e10
+        // on the scans of tables too small for an index, like `nodes`) also lifts those plans
+        // over the threshold of just-in-time compilation, which then spent 0.2-0.7 s of the
+        // server's CPU on each heartbeat statement: no JIT (poold's statements are all short).
         let options = PgConnectOptions::from_str(url)?
             .application_name("poold")
-            .options([("enable_seqscan", "off")])
+            .options([("enable_seqscan", "off"), ("jit", "off")])
             .disable_statement_logging();
         // The writer's connection first: a server out of reach fails the start with the
         // reason (the pool would only say it timed out).
