@@ -75,6 +75,20 @@ async fn claimed_by(url: &str, node: &str) -> u64 {
         .unwrap()
 }
 
+/// The nodes holding claims of queued chunks of job `id` now.
+async fn owners(url: &str, id: &str) -> Vec<String> {
+    let owners = postgres::query_json(
+        url,
+        &format!(
+            "select coalesce(json_agg(distinct c.owner), '[]')::text
+             from chunks as c join jobs as j on j.key = c.job
+             where j.id = '{id}' and c.state = 0 and c.owner is not null"
+        ),
+    )
+    .await;
+    serde_json::from_value(owners).unwrap()
+}
+
 /// The job's stored chunks: how many items are recorded, in how many records.
 async fn recorded(url: &str, id: &str) -> (u64, u64) {
     let stored = postgres::query_json(
@@ -145,19 +159,24 @@ async fn a_node_killed_mid_job_loses_nothing_and_its_chunks_run_elsewhere_within
     let id = a
         .submit(json!({"function": "sleep", "items": vec![0.01; total], "chunksize": 5}))
         .await;
-    // The chunks spread over every node's workers.
+    // The chunks spread over every node: each claims some (seen in the table: a node's
+    // `/v1/pool` entry is its last heartbeat's snapshot, which can catch its workers between
+    // two chunks). Then b is killed while it holds claims.
+    let mut claimed = std::collections::BTreeSet::new();
     wait_for(
-        "every node runs the job",
+        "every node claims chunks of the job",
         Duration::from_secs(10),
         async || {
-            let pool = a.pool().await;
-            ["a", "b", "c"].iter().all(|name| {
-                workers_of(&pool, &ids[*name])
-                    .iter()
-                    .any(|w| w["job_id"] == id.as_str())
-            })
+            claimed.extend(owners(&url, &id).await);
+            ["a", "b", "c"]
+                .iter()
+                .all(|name| claimed.contains(&ids[*name]))
         },
     )
+    .await;
+    wait_for("b holds claims", Duration::from_secs(10), async || {
+        claimed_by(&url, &ids["b"]).await > 0
+    })
     .await;
     let done = a.job(&id).await["done"].as_u64().unwrap();
     assert!(done < total as u64, "the job is still running: {done}");
