@@ -76,13 +76,7 @@ impl Backend for PgWriter {
                 Some(conn) => conn,
                 None => conn.insert(connect(options).await?),
             };
-            let batch = async {
-                let mut tx = conn.begin().await?;
-                let outcomes = ops::apply_all(&mut tx, node, ops).await?;
-                tx.commit().await?;
-                Ok(outcomes)
-            };
-            match tokio::time::timeout(BATCH_TIMEOUT, batch).await {
+            match tokio::time::timeout(BATCH_TIMEOUT, ops::apply_batch(conn, node, ops)).await {
                 Ok(applied) => applied,
                 Err(_) => Err(timed_out("a write batch", BATCH_TIMEOUT)),
             }
