@@ -25,9 +25,7 @@ create function poold_write(
 ) returns bigint             -- how many records marked their chunk done
 language plpgsql as $$
 declare
-    seq_ids  text[];
-    seq_prev bigint[];
-    marked   bigint := 0;
+    marked bigint := 0;
 begin
     if json_array_length(new_jobs) > 0 then
         with j as (
@@ -49,47 +47,42 @@ begin
         cross join lateral json_array_elements(p.piece::json) as e;
     end if;
 
-    if cardinality(start_ids) > 0 then
-        update jobs set status = 'running', started_at = s.at
-        from unnest(start_ids, start_times) as s(id, at)
-        where jobs.id = s.id and jobs.status = 'queued';
-    end if;
-
-    if cardinality(record_ids) > 0 then
-        -- Completion numbers, taken from each job's row under its lock (held to the commit;
-        -- jobs locked in one order, so two nodes never wait on each other in a circle): a
-        -- job's chunks become visible in the order of their numbers, whichever node records
-        -- them. A number spent on a record that is refused below is simply skipped.
-        with n as (select id, count(*) as n from unnest(record_ids) as r(id) group by id),
-             locked as (select key, id from jobs where id in (select id from n)
-                        order by key for update),
-             u as (update jobs set recorded = jobs.recorded + n.n
-                   from locked join n on n.id = locked.id
-                   where jobs.key = locked.key
-                   returning jobs.id, jobs.recorded - n.n as prev)
-        select coalesce(array_agg(u.id), '{}'), coalesce(array_agg(u.prev), '{}')
-        into seq_ids, seq_prev
-        from u;
-
-        -- Mark the recorded chunks that are still queued and still claimed by this node under
-        -- the record's lease done, with their outcomes and numbers, and move their jobs'
-        -- counters by what was marked (completing a job at its total, failing one whose
-        -- record says fail_fast tripped), in one statement, so that only the chunks marked
-        -- here count. A chunk recorded already, of a job that ended, or whose claim went to
-        -- another node meanwhile is skipped. The owner is compared through `coalesce` so that
-        -- the planner finds the chunks by their primary key (on the index of claims, whose
-        -- statistics lag behind a new job's chunks, it once matched every claim against
-        -- every record).
+    if cardinality(start_ids) > 0 or cardinality(record_ids) > 0 then
+        -- One statement for the job starts and the chunk records, so that each job row
+        -- changes once. Its steps:
+        -- `locked`: the rows of the jobs started or recorded, locked in key order (held to the
+        --   commit; one order, so two nodes never wait on each other in a circle). A row
+        --   another node changed since this statement began is read as that node committed
+        --   it.
+        -- `h`: completion numbers for the records, from the job's `recorded` under that lock:
+        --   a job's chunks become visible in the order of their numbers, whichever node
+        --   records them. A number spent on a record refused below is simply skipped.
+        -- `m`: the recorded chunks that are still queued and still claimed by this node under
+        --   the record's lease are marked done, with their outcomes and numbers. A chunk
+        --   recorded already, of a job that ended, or whose claim went to another node
+        --   meanwhile is skipped. The owner is compared through `coalesce` so that the
+        --   planner finds the chunks by their primary key (on the index of claims, whose
+        --   statistics lag behind a new job's chunks, it once matched every claim against
+        --   every record).
+        -- `counted`: each job's numbers handed out, its counters moved by what `m` marked
+        --   (only those count), completed at its total, failed when a record says fail_fast
+        --   tripped, running when it started.
         with r as (
                  select * from unnest(record_ids, record_starts, record_failed, record_outs,
                                       record_fails, record_leases)
                      with ordinality as r(id, start, failed, outcomes, fail, lease, ord)),
+             n as (
+                 select coalesce(s.id, rn.id) as id, s.at, coalesce(rn.n, 0) as n
+                 from (select id, min(at) as at from unnest(start_ids, start_times) as s(id, at)
+                       group by id) as s
+                 full join (select id, count(*) as n from r group by id) as rn on rn.id = s.id),
+             locked as (
+                 select key, id, recorded from jobs where id in (select id from n)
+                 order by key for update),
              h as (
-                 select j.key as job, r.start, r.failed, r.outcomes, r.fail, r.lease,
-                        s.prev + row_number() over (partition by r.id order by r.ord) as seq
-                 from r
-                 join unnest(seq_ids, seq_prev) as s(id, prev) on s.id = r.id
-                 join jobs as j on j.id = r.id),
+                 select l.key as job, r.start, r.failed, r.outcomes, r.fail, r.lease,
+                        l.recorded + row_number() over (partition by r.id order by r.ord) as seq
+                 from r join locked as l on l.id = r.id),
              m as (
                  update chunks set state = 1, seq = h.seq, failed = h.failed,
                                    outcomes = h.outcomes, items = '', owner = null, lease = null
@@ -98,18 +91,23 @@ begin
                    and coalesce(chunks.owner, '') = node and chunks.lease = h.lease
                  returning chunks.job, chunks.size, h.failed, h.fail),
              c as (
-                 select job, sum(size)::bigint as items, sum(failed)::bigint as errors,
-                        max(fail) as fail
-                 from m group by job),
+                 select l.key as job, n.n, n.at, coalesce(sum(m.size), 0)::bigint as items,
+                        coalesce(sum(m.failed), 0)::bigint as errors, max(m.fail) as fail
+                 from locked as l join n on n.id = l.id left join m on m.job = l.key
+                 group by l.key, n.n, n.at),
              counted as (
                  update jobs set
+                     recorded = jobs.recorded + c.n,
                      done = jobs.done + c.items,
                      failed = jobs.failed + c.errors,
                      status = case when jobs.status not in ('queued', 'running') then jobs.status
                                    when c.fail is not null then 'failed'
                                    when jobs.done + c.items >= jobs.total and not jobs.ingesting
                                        then 'completed'
+                                   when c.at is not null then 'running'
                                    else jobs.status end,
+                     started_at = case when jobs.status = 'queued' and c.at is not null then c.at
+                                       else jobs.started_at end,
                      error = case when jobs.status in ('queued', 'running') and c.fail is not null
                                   then c.fail else jobs.error end,
                      ingesting = case when c.fail is not null then false else jobs.ingesting end,
