@@ -1,8 +1,8 @@
 -- The writes a batch is mostly made of (new jobs, job starts, chunk records) in one call, so
 -- that such a batch costs the writer one round trip to the server instead of one per statement
 -- (and one more for BEGIN and COMMIT each): a single statement commits on its own. Called by
--- `store::postgres::ops`, which documents each step; a change to this function is a new
--- migration with `create or replace function`.
+-- `store::postgres::ops` (which builds the arrays); the comments below say what each step
+-- does. A change to this function is a new migration with `create or replace function`.
 --
 -- The new jobs come first: nothing else in a batch can refer to them, since no one hears of a
 -- job before its creation commits.

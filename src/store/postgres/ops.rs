@@ -27,7 +27,7 @@ use crate::store::{DeleteOutcome, Error, Result};
 /// One outcome per op.
 pub async fn apply_batch(conn: &mut PgConnection, node: &str, ops: &[&Op]) -> Result<Vec<Outcome>> {
     let notices = notices(node, ops);
-    if ops.iter().all(|op| is_written_together(op)) {
+    if ops.iter().copied().all(is_written_together) {
         return write_together(conn, node, ops, &notices).await;
     }
     let mut tx = conn.begin().await?;
