@@ -493,3 +493,55 @@ async fn an_upload_on_a_node_that_dies_fails_on_the_others_within_the_lease() {
         "the stored items' results stay"
     );
 }
+
+/// The audit of a node's claims (at every heartbeat) gives back only claims no one holds. A
+/// new job small enough for the node's free workers is stored with its chunks claimed and
+/// then handed to the supervisor, and a chunk that ran keeps its claim until its record
+/// commits: the audit once gave back such claims in both windows, the supervisor claimed the
+/// chunk again, and it ran twice (its first record refused).
+#[tokio::test]
+async fn the_audit_of_a_nodes_claims_keeps_the_claims_of_chunks_on_their_way() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 2).await;
+    wait_nodes(&a, &["a"], "alive").await;
+    // One-item jobs from 8 clients at once for about five audits (one every third of a lease).
+    let until = Instant::now() + Duration::from_secs_f64(LEASE_S * 5.0 / 3.0);
+    let client = async || {
+        let mut ids = Vec::new();
+        while Instant::now() < until {
+            ids.push(a.submit(json!({"function": "square", "items": [3]})).await);
+        }
+        ids
+    };
+    let ids: Vec<String> = futures::future::join_all((0..8).map(|_| client()))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let unfinished = async || {
+        postgres::query_json(
+            &url,
+            "select json_build_object('n', count(*))::text from jobs
+             where status <> 'completed' or done <> 1",
+        )
+        .await["n"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for("every job completed", Duration::from_secs(60), async || {
+        unfinished().await == 0
+    })
+    .await;
+    for id in [&ids[0], &ids[ids.len() - 1]] {
+        assert_eq!(a.results(id).await[0]["value"], 9);
+    }
+    let log = a.log_text();
+    assert!(
+        !log.contains("gave back claims") && !log.contains("chunk records refused"),
+        "{} jobs; a claim was given back while its chunk was on its way:\n{log}",
+        ids.len()
+    );
+}

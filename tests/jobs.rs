@@ -710,7 +710,12 @@ async fn a_chunk_never_waits_behind_a_long_item_while_a_worker_is_free(backend: 
         .json()
         .await
         .unwrap();
-    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        job["status"],
+        "completed",
+        "{job}\nserver log:\n{}",
+        app.log_text()
+    );
     assert_eq!(
         app.post(&format!("/v1/jobs/{long}/cancel")).await.status(),
         200

@@ -178,13 +178,22 @@ impl JobService {
         submission.take_piece();
         // A small job's chunks go to this node's supervisor with the news of the job. On a
         // shared store they are then claimed by this node, so only when its workers can start
-        // them all at once: a bigger job's chunks spread over every node's workers.
+        // them all at once: a bigger job's chunks spread over every node's workers. The
+        // supervisor says when it has them (`Cluster::reserve_lease`); if they never reach
+        // it, this does.
         let cluster = self.inner.store.cluster();
         let kept = submission
             .batcher
             .kept()
             .filter(|chunks| cluster.is_none() || chunks.len() <= self.inner.limits.workers);
-        let claim = kept.as_ref().map(|_| cluster.map_or(0, |c| c.next_lease()));
+        let claim = kept
+            .as_ref()
+            .map(|_| cluster.map_or(0, |c| c.reserve_lease()));
+        let never_handed = || {
+            if let (Some(cluster), Some(lease)) = (cluster, claim) {
+                cluster.lease_handed_over(lease);
+            }
+        };
         let kept = kept.map(|mut chunks| {
             for chunk in &mut chunks {
                 chunk.lease = claim.unwrap_or_default();
@@ -200,16 +209,22 @@ impl JobService {
             claim,
         };
         if let Err(e) = self.inner.store.create_job(new).await {
+            never_handed();
             return match self.earlier(idempotency.as_ref()).await? {
                 Some(earlier) => Ok((earlier, false)),
                 None => Err(e.into()),
             };
         }
         tracing::info!(job.id = %job.id, function = %job.spec.function, total, "job accepted");
-        self.inner
+        if let Err(e) = self
+            .inner
             .pool
             .chunks_stored(&job, submission.chunks, kept)
-            .await?;
+            .await
+        {
+            never_handed();
+            return Err(e.into());
+        }
         Ok((job, true))
     }
 

@@ -79,7 +79,7 @@ pub struct NewJob {
     /// The client's `Idempotency-Key` and the hash of its request.
     pub idempotency: Option<Idempotency>,
     /// Its chunks are handed to this node's supervisor with the news of the job, under this
-    /// lease (`Cluster::next_lease`; 0 on SQLite): on a shared store they are stored claimed by
+    /// lease (`Cluster::reserve_lease`; 0 on SQLite): on a shared store they are stored claimed by
     /// this node, so that no other node runs them.
     pub claim: Option<u64>,
 }
@@ -289,6 +289,30 @@ impl Store {
     /// recorded is committed. Nothing on SQLite.
     pub async fn leave(&self) -> Result<()> {
         self.writer().call(Op::Leave).await.map(drop)
+    }
+
+    /// On a shared store, give back this node's claims that no one holds: all but those of
+    /// the chunks its supervisor holds (`held`: waiting or running) and those of new jobs on
+    /// their way to it (see `Cluster::reserve_lease`). A claim is in no one's hands when the
+    /// node dropped it after it was declared lost, or when the answer to a claim was lost with
+    /// its connection; the supervisor runs this now and then, so that no claimed chunk is
+    /// stranded on a live node. It goes through the writer, after every record sent before:
+    /// a chunk that ran and whose record is not committed yet keeps its claim. Claims made
+    /// after the call are kept too. Returns the jobs whose chunks went back (the other nodes
+    /// are told). Nothing on SQLite.
+    pub async fn release_unheld(&self, held: Vec<(JobId, u64)>) -> Result<Vec<JobId>> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(Vec::new());
+        };
+        let (kept, up_to) = cluster.audit_marks();
+        match self
+            .writer()
+            .call(Op::ReleaseUnheld { held, kept, up_to })
+            .await?
+        {
+            Outcome::Released(jobs) => Ok(jobs),
+            other => unreachable!("release_unheld answered {other:?}"),
+        }
     }
 
     // ---- writes of the supervisor (not waited for; committed in order) ----

@@ -85,6 +85,14 @@ pub enum Op {
     /// This node stops: on a shared store, give back the claims of chunks it did not run and
     /// mark it stopped — after every record sent before (the writer applies ops in order).
     Leave,
+    /// On a shared store, give back this node's claims made under a lease up to `up_to`, but
+    /// those of the chunks `held` (job, chunk start) and those made under the leases `kept` —
+    /// after every record sent before (see `Store::release_unheld`).
+    ReleaseUnheld {
+        held: Vec<(JobId, u64)>,
+        kept: Vec<u64>,
+        up_to: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -93,6 +101,8 @@ pub enum Outcome {
     Changed(bool),
     Deleted(DeleteOutcome),
     Purged(u64),
+    /// The jobs whose chunks went back (`Op::ReleaseUnheld`).
+    Released(Vec<JobId>),
 }
 
 impl Op {
@@ -105,7 +115,7 @@ impl Op {
             | Op::MarkStarted { id, .. }
             | Op::FinishJob { id, .. }
             | Op::DeleteJob { id } => Some(*id),
-            Op::PurgeFinished { .. } | Op::Leave => None,
+            Op::PurgeFinished { .. } | Op::Leave | Op::ReleaseUnheld { .. } => None,
         }
     }
 
@@ -119,7 +129,8 @@ impl Op {
             | Op::FinishJob { .. }
             | Op::DeleteJob { .. }
             | Op::PurgeFinished { .. }
-            | Op::Leave => 64,
+            | Op::Leave
+            | Op::ReleaseUnheld { .. } => 64,
         }
     }
 

@@ -237,12 +237,11 @@ impl Supervisor {
     }
 
     /// Give back the claims this node does not hold: not waiting in a window, not running,
-    /// not split into pieces (see `PoolHandle::audit_claims`). Inline, so that nothing is
-    /// claimed meanwhile.
+    /// not split into pieces (see `PoolHandle::audit_claims` and `Store::release_unheld`).
     async fn audit_claims(&mut self) {
-        let Some(cluster) = self.store.cluster() else {
+        if self.store.cluster().is_none() {
             return;
-        };
+        }
         let running = self.slots.iter().flat_map(|slot| {
             slot.in_flight.iter().map(|f| {
                 let start = f.pending.piece_of.unwrap_or(f.pending.chunk.start_index);
@@ -255,7 +254,7 @@ impl Supervisor {
             .chain(running)
             .chain(self.splits.keys().copied())
             .collect();
-        match cluster.release_unheld(&held).await {
+        match self.store.release_unheld(held).await {
             Ok(released) => {
                 if !released.is_empty() {
                     tracing::info!(
@@ -278,9 +277,14 @@ impl Supervisor {
     async fn handle_command(&mut self, command: Command) {
         match command {
             Command::ChunksStored(job, count, chunks) => {
+                // A new job's chunks claimed at its creation are in hand from now on.
+                let lease = chunks.as_ref().and_then(|c| c.first()).map(|c| c.lease);
                 if !job.status.is_finished() {
                     self.queue.add(&job, count, chunks);
                     self.queue.retire_if_done(job.id); // an upload that ended with no new chunk
+                }
+                if let (Some(cluster), Some(lease)) = (self.store.cluster(), lease) {
+                    cluster.lease_handed_over(lease);
                 }
             }
             Command::JobEnded(id) => self.drop_job(id),

@@ -4,15 +4,17 @@
 //!
 //! A node's claims, heartbeats and re-queues are single statements on the read pool's
 //! connections (autocommit, short), not writes of the writer: nobody reads them back through
-//! the commit hook. Timestamps of liveness are the server's (`now()`), so nodes' clocks never
+//! the commit hook. Giving back the claims no one holds ([`release`]) is the exception: the
+//! writer runs it, after the records sent before it. Timestamps of liveness are the server's (`now()`), so nodes' clocks never
 //! matter. Called by `crate::cluster` (the node's heartbeat and listener tasks), by the
 //! supervisor through `Store::claim_chunks`, and by the API's `/v1/pool` and `/v1/nodes`.
 //!
 //! Notifications travel on one channel, [`CHANNEL`], as `<node> <kind> <job id>…`, sent in
 //! the transaction of the change (so they arrive after its commit) — see [`Notice`].
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Row;
@@ -108,17 +110,22 @@ pub async fn notify(conn: &mut PgConnection, payloads: &[String]) -> Result<()> 
     Ok(())
 }
 
-/// Give back every claim of `node` but those of `held` (job, chunk start), and tell the other
-/// nodes there is work in their jobs (in the caller's transaction). Returns those jobs. Used
-/// by [`Cluster::release_unheld`], and by a stopping node's last write (`ops`, `Op::Leave`,
-/// holding nothing).
+/// Give back every claim of `node` made under a lease up to `up_to` but those of `held` (job,
+/// chunk start) and those made under the leases `kept`, and tell the other nodes there is work
+/// in their jobs (in the caller's transaction). Returns those jobs. Run by the writer, after
+/// every record sent before: for the audit of a node's claims (`Op::ReleaseUnheld`), and as a
+/// stopping node's last write (`Op::Leave`, holding and keeping nothing).
 pub async fn release(
     conn: &mut PgConnection,
     node: &str,
     held: &[(JobId, u64)],
+    kept: &[u64],
+    up_to: u64,
 ) -> Result<Vec<JobId>> {
     let ids: Vec<String> = held.iter().map(|(id, _)| id.to_string()).collect();
     let starts: Vec<i64> = held.iter().map(|(_, start)| *start as i64).collect();
+    let kept: Vec<i64> = kept.iter().map(|&lease| lease as i64).collect();
+    let up_to = i64::try_from(up_to).unwrap_or(i64::MAX);
     let released: Vec<String> = sqlx::query_scalar(
         "with h as (select j.key as job, h.start
                     from unnest($2::text[], $3::bigint[]) as h(id, start)
@@ -126,12 +133,15 @@ pub async fn release(
          r as (update chunks set owner = null, lease = null
                where state = 0 and owner = $1
                  and (job, start) not in (select job, start from h)
+                 and lease <> all($4::bigint[]) and lease <= $5
                returning job)
          select distinct jobs.id from r join jobs on jobs.key = r.job",
     )
     .bind(node)
     .bind(ids)
     .bind(starts)
+    .bind(kept)
+    .bind(up_to)
     .fetch_all(&mut *conn)
     .await?;
     let released: Vec<JobId> = released.iter().filter_map(|id| id.parse().ok()).collect();
@@ -146,6 +156,9 @@ pub struct Cluster {
     node: Arc<str>,
     /// The last lease number given (claims are numbered by their node, from 1).
     leases: Arc<AtomicU64>,
+    /// The leases of new jobs' claims whose chunks are not in the supervisor's hands yet (see
+    /// [`Cluster::reserve_lease`]).
+    handing: Arc<Mutex<HashSet<u64>>>,
 }
 
 /// A node's claim of up to $3 unclaimed queued chunks of job $1, in order, skipping rows
@@ -179,6 +192,7 @@ impl Cluster {
             pool,
             node: node.into(),
             leases: Arc::default(),
+            handing: Arc::default(),
         }
     }
 
@@ -323,21 +337,42 @@ impl Cluster {
         }
     }
 
-    /// Give back every claim of this node but those of `held` (job, chunk start): the chunks
-    /// its supervisor holds (waiting or running). A claim is in no one's hands when the node
-    /// dropped it after it was declared lost, or when the answer to a claim was lost with its
-    /// connection; the supervisor runs this now and then, so that no claimed chunk is
-    /// stranded on a live node. Returns the jobs whose chunks went back (others are told).
-    pub async fn release_unheld(&self, held: &[(JobId, u64)]) -> Result<Vec<JobId>> {
-        let mut tx = self.pool.begin().await.map_err(read_error)?;
-        let released = release(&mut tx, &self.node, held).await?;
-        tx.commit().await?;
-        Ok(released)
+    /// What an audit of this node's claims must keep besides the chunks its supervisor holds
+    /// (`Store::release_unheld`), taken with them: the leases of new jobs' claims on their way
+    /// to the supervisor ([`Cluster::reserve_lease`]), and the last lease given so far (a claim
+    /// made after this is not the audit's business).
+    pub fn audit_marks(&self) -> (Vec<u64>, u64) {
+        // Under the lock `reserve_lease` takes, so that its lease is in both or in neither.
+        let handing = self.handing();
+        let kept = handing.iter().copied().collect();
+        (kept, self.leases.load(Ordering::Relaxed))
     }
 
-    /// The next lease number of this node (for the claim of a new job's chunks).
-    pub fn next_lease(&self) -> u64 {
+    /// The next lease number of this node.
+    fn next_lease(&self) -> u64 {
         self.leases.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A lease for the claim of a new job's chunks, which the job's creation stores and the
+    /// job service then hands to the supervisor: from now until the supervisor has them
+    /// ([`Cluster::lease_handed_over`]), the claim is in no one's hands that
+    /// [`Cluster::release_unheld`] could see, and it keeps it (else it gave back the chunk of
+    /// a job created while it ran, and the chunk ran twice).
+    pub fn reserve_lease(&self) -> u64 {
+        let mut handing = self.handing();
+        let lease = self.next_lease();
+        handing.insert(lease);
+        lease
+    }
+
+    /// The chunks claimed under `lease` by [`Cluster::reserve_lease`] are in the supervisor's
+    /// hands, or were never stored.
+    pub fn lease_handed_over(&self, lease: u64) {
+        self.handing().remove(&lease);
+    }
+
+    fn handing(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.handing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Unfinished jobs with chunks nobody has claimed (the slow poll behind notifications).

@@ -295,12 +295,16 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
         Op::Leave => {
-            cluster::release(conn, node, &[]).await?;
+            cluster::release(conn, node, &[], &[], u64::MAX).await?;
             sqlx::query("update nodes set state = 'stopped' where id = $1")
                 .bind(node)
                 .execute(&mut *conn)
                 .await?;
             Ok(Outcome::Done)
+        }
+        Op::ReleaseUnheld { held, kept, up_to } => {
+            let released = cluster::release(conn, node, held, kept, *up_to).await?;
+            Ok(Outcome::Released(released))
         }
         Op::PurgeFinished { before, limit } => {
             // Their chunks go with them (`on delete cascade`). Jobs another node is deleting

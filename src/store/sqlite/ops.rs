@@ -247,6 +247,7 @@ fn apply(conn: &Connection, op: &Op) -> Result<Outcome> {
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
         Op::Leave => Ok(Outcome::Done), // one node: nothing is claimed
+        Op::ReleaseUnheld { .. } => Ok(Outcome::Released(Vec::new())),
         Op::PurgeFinished { before, limit } => {
             // The expired jobs' chunks first, then the jobs: the same (oldest) jobs, at most
             // `limit`, picked the same way twice in one transaction.
