@@ -145,9 +145,10 @@ async fn heartbeat(
             snapshot.as_ref().is_some_and(|s| s.size == 0),
         )
         .await;
+        let mark = pool.accepting_mark();
         match cluster.heartbeat(shutdown.is_cancelled(), &json).await {
             Ok((lost, accepting)) => {
-                pool.set_accepting(accepting);
+                pool.adopt_accepting(accepting, mark);
                 if lost {
                     tracing::warn!(
                         "this node was declared lost (its heartbeat was late past its lease): \
@@ -265,8 +266,9 @@ async fn deliver(notice: Notice, cluster: &Cluster, pool: &PoolHandle, events: &
             pool.work_available(notice.jobs).await.ok();
         }
         NoticeKind::Pool => {
+            let mark = pool.accepting_mark();
             if let Ok(accepting) = cluster.accepting().await {
-                pool.set_accepting(accepting);
+                pool.adopt_accepting(accepting, mark);
             }
         }
     }
@@ -279,7 +281,8 @@ async fn resync(cluster: &Cluster, pool: &PoolHandle, events: &EventBus) {
     if let Ok(jobs) = cluster.jobs_with_work().await {
         pool.work_available(jobs).await.ok();
     }
+    let mark = pool.accepting_mark();
     if let Ok(accepting) = cluster.accepting().await {
-        pool.set_accepting(accepting);
+        pool.adopt_accepting(accepting, mark);
     }
 }

@@ -170,6 +170,9 @@ pub struct PoolHandle {
     /// [`PoolHandle::adopt_offer`]).
     offer_tx: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
     accepting: Arc<AtomicBool>,
+    /// How many times this node closed or opened the pool itself (see
+    /// [`PoolHandle::adopt_accepting`]); changes of `accepting` are made under this lock.
+    accepting_sets: Arc<std::sync::Mutex<u64>>,
     /// Workers of every live node, as the last heartbeat counted them (0: not known, or
     /// one node): what `Pool.map`'s automatic chunksize divides by.
     cluster_workers: Arc<AtomicUsize>,
@@ -197,6 +200,7 @@ pub fn start(
         offer,
         offer_tx,
         accepting: Arc::new(AtomicBool::new(true)),
+        accepting_sets: Arc::default(),
         cluster_workers: Arc::default(),
     };
     (handle, task)
@@ -298,7 +302,30 @@ impl PoolHandle {
         self.accepting.load(Ordering::SeqCst)
     }
 
+    /// This node closes or opens the pool (`POST /v1/pool/close`, `/open`).
     pub fn set_accepting(&self, accepting: bool) {
+        let mut sets = self.accepting_sets();
+        *sets += 1;
         self.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// A mark to read the cluster's flag after ([`PoolHandle::adopt_accepting`]).
+    pub fn accepting_mark(&self) -> u64 {
+        *self.accepting_sets()
+    }
+
+    /// The cluster's flag as read after `mark`: taken unless this node closed or opened the
+    /// pool since, when the reading may be older than that change and would undo it.
+    pub fn adopt_accepting(&self, accepting: bool, mark: u64) {
+        let sets = self.accepting_sets();
+        if *sets == mark {
+            self.accepting.store(accepting, Ordering::SeqCst);
+        }
+    }
+
+    fn accepting_sets(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.accepting_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
