@@ -5,9 +5,10 @@
 //! A node's claims, heartbeats and re-queues are single statements on the read pool's
 //! connections (autocommit, short), not writes of the writer: nobody reads them back through
 //! the commit hook. Giving back the claims no one holds ([`release`]) is the exception: the
-//! writer runs it, after the records sent before it. Timestamps of liveness are the server's (`now()`), so nodes' clocks never
-//! matter. Called by `crate::cluster` (the node's heartbeat and listener tasks), by the
-//! supervisor through `Store::claim_chunks`, and by the API's `/v1/pool` and `/v1/nodes`.
+//! writer runs it, after the records sent before it. Timestamps of liveness are the server's
+//! (`now()`), so nodes' clocks never matter. Called by `crate::cluster` (the node's heartbeat
+//! and listener tasks), by the supervisor through `Store::claim_chunks` and
+//! `Store::release_unheld`, and by the API's `/v1/pool` and `/v1/nodes`.
 //!
 //! Notifications travel on one channel, [`CHANNEL`], as `<node> <kind> <job id>…`, sent in
 //! the transaction of the change (so they arrive after its commit) — see [`Notice`].
@@ -356,7 +357,7 @@ impl Cluster {
     /// A lease for the claim of a new job's chunks, which the job's creation stores and the
     /// job service then hands to the supervisor: from now until the supervisor has them
     /// ([`Cluster::lease_handed_over`]), the claim is in no one's hands that
-    /// [`Cluster::release_unheld`] could see, and it keeps it (else it gave back the chunk of
+    /// `Store::release_unheld` could see, and it keeps it (else it gave back the chunk of
     /// a job created while it ran, and the chunk ran twice).
     pub fn reserve_lease(&self) -> u64 {
         let mut handing = self.handing();
