@@ -122,11 +122,14 @@ pub async fn run(
     let mut server = Core::new("the HTTP server", server);
     let mut supervisor = Core::new("the supervisor", supervisor);
     let mut writer = Core::new("the database writer", writer);
+    // Shutdown first: once it is asked for, the supervisor may drain and end before this select
+    // is polled again, and that is no failure.
     let failed = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
         ended = server.ended() => Some(ended),
         ended = supervisor.ended() => Some(ended),
         ended = writer.ended() => Some(ended),
-        _ = shutdown.cancelled() => None,
     };
     if let Some(part) = failed {
         tracing::error!("{part} stopped unexpectedly; shutting down");

@@ -417,7 +417,7 @@ async fn the_pool_is_the_clusters_and_close_applies_to_every_node() {
 
     // A node that stops hands its place back: listed as stopped, its workers gone from the pool.
     let mut a = a;
-    assert!(a.terminate().success());
+    a.terminate_cleanly();
     wait_nodes(&b, &["a"], "stopped").await;
     wait_for(
         "a's workers leave the pool",

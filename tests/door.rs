@@ -106,7 +106,7 @@ async fn item_1_a_stored_job_poold_cannot_run_is_failed_at_start_not_crash_loope
         .submit(json!({"function": "sleep", "items": [30], "chunksize": 1}))
         .await;
     app.wait_any_busy().await;
-    assert!(app.terminate().success());
+    app.terminate_cleanly();
     // As a version without the bound would have stored it.
     let db = app.db.clone();
     common::sqlite_exec(

@@ -64,7 +64,7 @@ async fn stopped_server_fails() {
     let mut app = TestApp::spawn().await;
     let bind = format!("127.0.0.1:{}", port(&app));
     assert!(healthcheck(&["--bind", &bind], None).status.success());
-    assert!(app.terminate().success());
+    app.terminate_cleanly();
     let out = healthcheck(&["--bind", &bind], None);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }

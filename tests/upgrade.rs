@@ -400,7 +400,7 @@ async fn a_database_of_the_earlier_schema_is_migrated_and_served_as_it_was() {
     assert_eq!(listed, [new.as_str(), CANCELLED, QUEUED, RUNNING, FINISHED]);
 
     // A second start on the migrated file changes nothing.
-    assert!(app.terminate().success());
+    app.terminate_cleanly();
     let app = TestApp::start(&db, KEEP).await;
     check_stored_jobs(&app).await;
     assert_eq!(app.results(RUNNING).await, expected);

@@ -393,6 +393,16 @@ impl TestApp {
         self.wait_exit(Duration::from_secs(20))
     }
 
+    /// SIGTERM, and assert that poold shut down cleanly (exit code 0), showing its log if not.
+    pub fn terminate_cleanly(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "poold exited with {status} on SIGTERM; log:\n{}",
+            self.log_text()
+        );
+    }
+
     pub fn kill9(&mut self) -> ExitStatus {
         signal(self.child.id(), "KILL");
         self.wait_exit(Duration::from_secs(5))
