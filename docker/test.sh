@@ -371,7 +371,7 @@ if selected cluster; then
     done
     echo "completed and read on node2 and node3 in $(since "$t")s"
 
-    step "cluster: GET /v1/nodes on every node lists node1, node2 and node3, alive"
+    step "cluster: GET /v1/nodes on every node lists node1, node2 and node3, alive, at nodeN:8080"
     t=$(now)
     deadline=$((SECONDS + 60))
     for n in "${NODES[@]}"; do
@@ -384,6 +384,9 @@ if selected cluster; then
       NODE_ID[$n]=$(api GET /v1/nodes | json "[x['id'] for x in j['nodes'] if x['name'] == '$n'][0]")
     done
     echo "all three see the three alive after $(since "$t")s"
+    # Bound to 0.0.0.0, each is listed where the others reach it: its host name and port.
+    addresses=$(api GET /v1/nodes | json 'sorted(x["address"] for x in j["nodes"] if x["state"] == "alive")')
+    [[ $addresses == "['node1:8080', 'node2:8080', 'node3:8080']" ]] || fail "node addresses: $addresses"
   else
     echo "no docker compose / docker-compose: skipped"
   fi

@@ -48,20 +48,28 @@ pub struct Node {
     pub lease: Duration,
 }
 
+/// `address`, or on a wildcard (reached on any of the machine's addresses) `host` and its port.
+fn listed_address(address: SocketAddr, host: &str) -> String {
+    if address.ip().is_unspecified() {
+        format!("{host}:{}", address.port())
+    } else {
+        address.to_string()
+    }
+}
+
 impl Node {
-    /// A node named `name` (default: the host name and the port) serving on `address`.
+    /// A node named `name` (default: the host name and the port) serving on `address`. Its
+    /// listed address is where the others reach it: on a wildcard (`0.0.0.0`, `::`), the host
+    /// name and the port.
     pub fn new(name: Option<String>, address: SocketAddr, lease: Duration) -> Self {
-        let name = name.unwrap_or_else(|| {
-            let host = nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "localhost".into());
-            format!("{host}:{}", address.port())
-        });
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
         Self {
             id: uuid::Uuid::now_v7(),
-            name,
-            address: address.to_string(),
+            name: name.unwrap_or_else(|| format!("{host}:{}", address.port())),
+            address: listed_address(address, &host),
             started_at: OffsetDateTime::now_utc(),
             lease,
         }
@@ -284,5 +292,19 @@ async fn resync(cluster: &Cluster, pool: &PoolHandle, events: &EventBus) {
     let mark = pool.accepting_mark();
     if let Ok(accepting) = cluster.accepting().await {
         pool.adopt_accepting(accepting, mark);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed_address;
+
+    #[test]
+    fn a_node_on_a_wildcard_is_listed_by_its_host_name() {
+        let listed = |a: &str| listed_address(a.parse().unwrap(), "node-a");
+        assert_eq!(listed("0.0.0.0:8080"), "node-a:8080");
+        assert_eq!(listed("[::]:9000"), "node-a:9000");
+        assert_eq!(listed("127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(listed("10.1.2.3:8080"), "10.1.2.3:8080");
     }
 }

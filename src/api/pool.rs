@@ -178,7 +178,8 @@ pub struct NodeDto {
     id: uuid::Uuid,
     /// `--node-name` (default: the host name and the port).
     name: String,
-    /// The address it listens on.
+    /// Where it listens: its bind address, or on a wildcard bind (`0.0.0.0`, `::`) its host
+    /// name and port.
     address: String,
     /// RFC 3339.
     started_at: String,
