@@ -1,7 +1,7 @@
 //! Several poold nodes on one PostgreSQL (real nodes, real workers, a real server started by
 //! the fixture): a node killed or paused mid-job loses nothing and records nothing twice, any
-//! node serves any job's events and cancels, and the pool and its close/open are the
-//! cluster's. (A PostgreSQL restart under two nodes is in `postgres_outage.rs`: it stops the
+//! node serves any job's events and cancels, a small job sent to a busy node runs on an idle
+//! one, and the pool and its close/open are the cluster's. (A PostgreSQL restart under two nodes is in `postgres_outage.rs`: it stops the
 //! server this binary's tests share.)
 
 mod common;
@@ -544,4 +544,66 @@ async fn the_audit_of_a_nodes_claims_keeps_the_claims_of_chunks_on_their_way() {
         "{} jobs; a claim was given back while its chunk was on its way:\n{log}",
         ids.len()
     );
+}
+
+#[tokio::test]
+async fn a_small_job_on_a_node_whose_workers_are_busy_runs_on_an_idle_node() {
+    if !postgres::available() {
+        return;
+    }
+    let url = postgres::database_url().await;
+    let a = node(&url, "a", 1).await;
+    let b = node(&url, "b", 1).await;
+    let ids = wait_nodes(&a, &["a", "b"], "alive").await;
+    // Until a's heartbeat has counted b's worker (Pool.map's chunksize for 80 items over 2
+    // workers is 10; over a's one alone, 20).
+    wait_for("a counts b's worker", Duration::from_secs(10), async || {
+        let id = a
+            .submit(json!({"function": "square", "items": vec![1; 80]}))
+            .await;
+        a.job(&id).await["chunksize"] == 10
+    })
+    .await;
+
+    // A long item keeps one node's only worker busy.
+    let long = a.submit(json!({"function": "sleep", "items": [60]})).await;
+    let mut busy = None;
+    wait_for(
+        "a node runs the long item",
+        Duration::from_secs(10),
+        async || {
+            for (name, app) in [("a", &a), ("b", &b)] {
+                let pool = app.pool().await;
+                if workers_of(&pool, &ids[name])
+                    .iter()
+                    .any(|w| w["job_id"] == long.as_str() && w["state"] == "busy")
+                {
+                    busy = Some((name, app));
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let (busy_name, busy) = busy.unwrap();
+    let idle_name = if busy_name == "a" { "b" } else { "a" };
+
+    // A one-item job sent to the busy node is not kept waiting for its worker: the idle node
+    // runs it.
+    let quick = busy
+        .submit(json!({"function": "square", "items": [7]}))
+        .await;
+    let job: Value = busy
+        .get(&format!("/v1/jobs/{quick}?wait=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        job["status"], "completed",
+        "the job sent to busy {busy_name} while {idle_name} was idle: {job}"
+    );
+    assert_eq!(busy.results(&quick).await[0]["value"], 49);
+    assert_eq!(busy.job(&long).await["status"], "running");
 }

@@ -178,14 +178,15 @@ impl JobService {
         submission.take_piece();
         // A small job's chunks go to this node's supervisor with the news of the job. On a
         // shared store they are then claimed by this node, so only when its workers can start
-        // them all at once: a bigger job's chunks spread over every node's workers. The
-        // supervisor says when it has them (`Cluster::reserve_lease`); if they never reach
-        // it, this does.
+        // them all at once: a bigger job's chunks spread over every node's workers, and while
+        // this node's workers are busy and other nodes have workers, any of those may take
+        // them. The supervisor says when it has them (`Cluster::reserve_lease`); if they
+        // never reach it, this does.
         let cluster = self.inner.store.cluster();
         let kept = submission
             .batcher
             .kept()
-            .filter(|chunks| cluster.is_none() || chunks.len() <= self.inner.limits.workers);
+            .filter(|chunks| cluster.is_none() || self.can_start_here(chunks.len()));
         let claim = kept
             .as_ref()
             .map(|_| cluster.map_or(0, |c| c.reserve_lease()));
@@ -318,6 +319,15 @@ impl JobService {
                 _ = self.inner.shutdown.cancelled() => return Ok(job),
             }
         }
+    }
+
+    /// On a shared store: whether this node's workers can start `chunks` at once. A node
+    /// alone (or whose peers have no workers) runs everything itself, so there it is enough
+    /// that it has that many workers.
+    fn can_start_here(&self, chunks: usize) -> bool {
+        let here = self.inner.limits.workers;
+        let everywhere = self.inner.pool.cluster_workers().unwrap_or(here);
+        chunks <= here && (everywhere <= here || chunks <= self.inner.pool.idle_workers())
     }
 
     // ---- checks ----

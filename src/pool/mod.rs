@@ -176,6 +176,9 @@ pub struct PoolHandle {
     /// Workers of every live node, as the last heartbeat counted them (0: not known, or
     /// one node): what `Pool.map`'s automatic chunksize divides by.
     cluster_workers: Arc<AtomicUsize>,
+    /// This node's workers that are ready and have nothing to run, as the supervisor left
+    /// them after its last turn.
+    idle_workers: Arc<AtomicUsize>,
 }
 
 /// Start the supervisor. It first resumes the store's unfinished jobs, then runs until
@@ -188,11 +191,13 @@ pub fn start(
     let (commands, commands_rx) = mpsc::channel(1024);
     let (offer_tx, offer) = watch::channel(None);
     let offer_tx = Arc::new(offer_tx);
+    let idle_workers = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(supervisor::run(
         config,
         store,
         commands_rx,
         offer_tx.clone(),
+        idle_workers.clone(),
         shutdown,
     ));
     let handle = PoolHandle {
@@ -202,6 +207,7 @@ pub fn start(
         accepting: Arc::new(AtomicBool::new(true)),
         accepting_sets: Arc::default(),
         cluster_workers: Arc::default(),
+        idle_workers,
     };
     (handle, task)
 }
@@ -294,6 +300,12 @@ impl PoolHandle {
 
     pub fn set_cluster_workers(&self, workers: usize) {
         self.cluster_workers.store(workers, Ordering::Relaxed);
+    }
+
+    /// This node's workers that could start a chunk now (ready, nothing in their pipe, and
+    /// nothing queued here for them), as of the supervisor's last turn.
+    pub fn idle_workers(&self) -> usize {
+        self.idle_workers.load(Ordering::Relaxed)
     }
 
     /// `Pool.close()`: whether new jobs are accepted (on a shared store, as the cluster last

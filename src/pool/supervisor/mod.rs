@@ -14,6 +14,7 @@ mod outcomes;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -104,6 +105,7 @@ pub async fn run(
     store: Store,
     mut commands: mpsc::Receiver<Command>,
     offer: Arc<watch::Sender<Option<Arc<WorkerOffer>>>>,
+    idle_workers: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
     let (events, mut events_rx) = mpsc::unbounded_channel();
@@ -164,7 +166,9 @@ pub async fn run(
         } else {
             sup.dispatch().await;
         }
+        idle_workers.store(sup.idle_workers(), Ordering::Relaxed);
     }
+    idle_workers.store(0, Ordering::Relaxed);
     sup.stop_all(&mut events_rx).await;
 }
 
@@ -268,6 +272,14 @@ impl Supervisor {
             }
             Err(e) => tracing::warn!(error = %e, "could not check this node's claims; will retry"),
         }
+    }
+
+    /// Ready workers with nothing in flight (after a dispatch: nothing queued here fits them).
+    fn idle_workers(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Ready && s.in_flight.is_empty())
+            .count()
     }
 
     fn in_flight(&self) -> usize {
