@@ -52,18 +52,21 @@ async fn metrics_count_items_jobs_workers_requests_and_streams() {
         let done = app.wait_job(id).await;
         assert_eq!(done["status"], "completed", "{done}");
     }
-    // An open event stream on the sleeping job.
+    // An open event stream on the sleeping job, once its start is stored (the start of a chunk
+    // is written after it is sent to the worker, without waiting).
     let stream = app.get(&format!("/v1/jobs/{sleeper}/events")).await;
     assert_eq!(stream.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
         let text = metrics(&app).await;
-        if sample(&text, "poold_sse_subscribers") == Some(1.0) {
+        if sample(&text, "poold_sse_subscribers") == Some(1.0)
+            && sample(&text, r#"poold_jobs{status="running"}"#) == Some(1.0)
+        {
             break text;
         }
         assert!(
             Instant::now() < deadline,
-            "no SSE subscriber counted:\n{text}"
+            "no SSE subscriber counted, or the sleeping job not running:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
