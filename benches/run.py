@@ -1075,7 +1075,7 @@ def main():
         notes.append("15: one node, the SDK worker, as workloads 2 and 7; ratio = PostgreSQL "
                      "/ SQLite, samples alternating. PostgreSQL is a throwaway local server "
                      "with fsync=off and full_page_writes=off (commits still write their WAL "
-                     "to the OS); SQLite as poold always runs it (WAL, synchronous=NORMAL).")
+                     "to the OS), on loopback TCP without TLS (it offers none); SQLite as poold always runs it (WAL, synchronous=NORMAL).")
 
     def workload_16():
         pg = postgres()

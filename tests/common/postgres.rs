@@ -10,6 +10,11 @@
 //! enable them ([`available`]) — except under `CI=true`, where that is a failure. A test binary
 //! of its own can [`stop`] and [`restart`] the server (an outage; it is shared by the
 //! binary's tests).
+//!
+//! The server offers TLS, with a certificate for `127.0.0.1` and `localhost` signed by a
+//! certificate authority made for it ([`tls_root`], its certificate): the tests' URLs say
+//! nothing of TLS, so their connections take sqlx's default (`sslmode=prefer`: encrypted when
+//! the server offers it), as a user's would.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -231,7 +236,40 @@ impl Launcher {
                 String::from_utf8_lossy(&initdb.stderr)
             ));
         }
+        launcher.make_certificates()?;
         Ok(launcher)
+    }
+
+    /// A certificate authority ([`tls_root`]) and the server's certificate and key, signed by
+    /// it, in the data directory (the key readable by the server's user alone, or PostgreSQL
+    /// refuses it).
+    fn make_certificates(&self) -> Result<(), String> {
+        let (root, authority) = certificate_authority("poold tests' PostgreSQL authority")?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+                .map_err(|e| e.to_string())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = params
+            .signed_by(&key, &authority)
+            .map_err(|e| e.to_string())?;
+        let write = |path: PathBuf, text: String, mode: u32| -> Result<(), String> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+            Ok(())
+        };
+        write(self.dir.join("ca.pem"), root, 0o644)?;
+        write(self.data.join("server.crt"), cert.pem(), 0o644)?;
+        write(self.data.join("server.key"), key.serialize_pem(), 0o600)
     }
 
     fn command(&self, program: &str) -> Command {
@@ -266,6 +304,8 @@ impl Launcher {
                 "full_page_writes=off",
                 "-c",
                 "max_connections=300",
+                "-c",
+                "ssl=on",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -299,6 +339,31 @@ impl Launcher {
 /// is removed by the first run after this process ends.
 pub fn log_dir() -> PathBuf {
     std::env::temp_dir().join(format!("poold-pg-{}", std::process::id()))
+}
+
+/// The certificate (PEM) of the authority that signed the server's certificate: what
+/// `sslrootcert` names for `sslmode=verify-full`.
+pub fn tls_root() -> PathBuf {
+    log_dir().join("ca.pem")
+}
+
+/// A new certificate authority named `name`: its certificate (PEM) and what signs with it.
+pub fn certificate_authority(
+    name: &str,
+) -> Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>), String> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), rcgen::Issuer::new(params, key)))
 }
 
 /// `id -u` (this process's user) or `id -g nobody` and the like.
