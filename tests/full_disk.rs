@@ -1,8 +1,10 @@
 //! A full disk (the hardening issue, item 5): the database lives on a small tmpfs that is
 //! filled while a job runs. New jobs get 507, `/readyz` says not ready, the running job's
 //! results wait in memory; once the filesystem is grown, poold carries on by itself and the job
-//! completes with every result recorded exactly once. Needs root (to mount a tmpfs), as CI has;
-//! elsewhere it says so and passes, except under `CI=true`, where that is a failure.
+//! completes with every result recorded exactly once. On both stores (on PostgreSQL the
+//! database's tables are in a tablespace on the tmpfs; the server's WAL is not). Needs root
+//! (to mount a tmpfs), as CI has; elsewhere it says so and passes, except under `CI=true`,
+//! where that is a failure.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{Backend, TestApp, postgres};
 use serde_json::{Value, json};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -67,8 +69,8 @@ async fn ready_status(app: &TestApp) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn item_5_a_full_disk_refuses_new_jobs_keeps_results_and_recovers_by_itself() {
+on_both_stores! {
+async fn item_5_a_full_disk_refuses_new_jobs_keeps_results_and_recovers_by_itself(backend: Backend) {
     let Some(fs) = Tmpfs::mount("16m") else {
         let message = "full_disk: cannot mount a tmpfs (needs root); skipped";
         assert!(
@@ -78,7 +80,12 @@ async fn item_5_a_full_disk_refuses_new_jobs_keeps_results_and_recovers_by_itsel
         eprintln!("{message}");
         return;
     };
-    let app = TestApp::start(&fs.path().join("poold.db"), &[]).await;
+    // The database on the tmpfs: SQLite's file, or PostgreSQL's tables (a tablespace there).
+    let db = match backend {
+        Backend::Sqlite => fs.path().join("poold.db"),
+        Backend::Postgres => PathBuf::from(postgres::database_url_in(&fs.path().join("pg")).await),
+    };
+    let app = TestApp::start(&db, &[]).await;
     // A job that runs through the whole outage: 300 items of 20 ms on 2 workers, ~3 s.
     let id = app
         .submit(json!({"function": "sleep", "items": vec![0.02; 300], "chunksize": 1}))
@@ -156,4 +163,5 @@ async fn item_5_a_full_disk_refuses_new_jobs_keeps_results_and_recovers_by_itsel
         .submit(json!({"function": "square", "items": [1, 2, 3]}))
         .await;
     assert_eq!(app.wait_job(&id).await["status"], "completed");
+}
 }

@@ -93,6 +93,38 @@ pub async fn database_url() -> String {
     format!("postgres://poold@127.0.0.1:{}/{name}", server.port)
 }
 
+/// Like [`database_url`], but the database's tables live in `dir` (a new tablespace there;
+/// the directory is made and handed to the server's user): to put them on a filesystem of
+/// the test's choosing. The server's WAL stays in its own directory.
+pub async fn database_url_in(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).expect("tablespace directory");
+    if id("-u", None).expect("id") == 0 {
+        let (uid, gid) = (
+            id("-u", Some("nobody")).expect("id"),
+            id("-g", Some("nobody")).expect("id"),
+        );
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown the tablespace");
+    }
+    let url = database_url().await;
+    let (base, name) = url.rsplit_once('/').expect("a database name");
+    let admin = format!("{base}/postgres");
+    let space = format!("{name}_space");
+    let statements = [
+        format!("create tablespace {space} location '{}'", dir.display()),
+        format!("alter database {name} set tablespace {space}"),
+    ];
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    conn.close().await.expect("close");
+    url
+}
+
 async fn create_database(admin: &str, name: &str) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin).await?;
