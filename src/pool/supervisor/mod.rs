@@ -8,6 +8,9 @@
 //! Results go to the store's writer (which publishes after commit); a dead worker is replaced,
 //! and its running chunk is retried up to the job's `max_attempts`, then narrowed down to the
 //! guilty item (see `lifecycle` and `outcomes`). Metrics are recorded here (`crate::metrics`).
+//! After each turn it publishes how many workers sit idle ([`super::PoolHandle::idle_workers`]:
+//! on a shared store the job service claims a small job for this node only while they can
+//! start it).
 
 mod lifecycle;
 mod outcomes;
