@@ -555,15 +555,21 @@ async fn a_small_job_on_a_node_whose_workers_are_busy_runs_on_an_idle_node() {
     let a = node(&url, "a", 1).await;
     let b = node(&url, "b", 1).await;
     let ids = wait_nodes(&a, &["a", "b"], "alive").await;
-    // Until a's heartbeat has counted b's worker (Pool.map's chunksize for 80 items over 2
-    // workers is 10; over a's one alone, 20).
-    wait_for("a counts b's worker", Duration::from_secs(10), async || {
-        let id = a
-            .submit(json!({"function": "square", "items": vec![1; 80]}))
-            .await;
-        a.job(&id).await["chunksize"] == 10
-    })
-    .await;
+    // Until each node's heartbeat has counted the other's worker (Pool.map's chunksize for 80
+    // items over 2 workers is 10; over one, 20).
+    for app in [&a, &b] {
+        wait_for(
+            "each node counts both workers",
+            Duration::from_secs(10),
+            async || {
+                let id = app
+                    .submit(json!({"function": "square", "items": vec![1; 80]}))
+                    .await;
+                app.job(&id).await["chunksize"] == 10
+            },
+        )
+        .await;
+    }
 
     // A long item keeps one node's only worker busy.
     let long = a.submit(json!({"function": "sleep", "items": [60]})).await;
