@@ -1,8 +1,8 @@
 //! Several poold nodes on one PostgreSQL (real nodes, real workers, a real server started by
 //! the fixture): a node killed or paused mid-job loses nothing and records nothing twice, any
 //! node serves any job's events and cancels, a small job sent to a busy node runs on an idle
-//! one, and the pool and its close/open are the cluster's. (A PostgreSQL restart under two nodes is in `postgres_outage.rs`: it stops the
-//! server this binary's tests share.)
+//! one, and the pool and its close/open are the cluster's. (A PostgreSQL restart under two
+//! nodes is in `postgres_outage.rs`: it stops the server this binary's tests share.)
 
 mod common;
 

@@ -80,7 +80,7 @@ pub async fn database_url() -> String {
     let admin = format!("postgres://poold@127.0.0.1:{}/postgres", server.port);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match create_database(&admin, &name).await {
+        match as_admin(&admin, &[format!("create database {name}")]).await {
             Ok(()) => break,
             // Until the server accepts connections.
             Err(e) if Instant::now() < deadline => {
@@ -98,39 +98,31 @@ pub async fn database_url() -> String {
 /// the test's choosing. The server's WAL stays in its own directory.
 pub async fn database_url_in(dir: &Path) -> String {
     std::fs::create_dir_all(dir).expect("tablespace directory");
-    if id("-u", None).expect("id") == 0 {
-        let (uid, gid) = (
-            id("-u", Some("nobody")).expect("id"),
-            id("-g", Some("nobody")).expect("id"),
-        );
+    if let Some((uid, gid)) = server_user().expect("the server's user") {
         std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chown the tablespace");
     }
     let url = database_url().await;
     let (base, name) = url.rsplit_once('/').expect("a database name");
-    let admin = format!("{base}/postgres");
     let space = format!("{name}_space");
     let statements = [
         format!("create tablespace {space} location '{}'", dir.display()),
         format!("alter database {name} set tablespace {space}"),
     ];
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
-    for sql in statements {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    conn.close().await.expect("close");
+    as_admin(&format!("{base}/postgres"), &statements)
+        .await
+        .unwrap_or_else(|e| panic!("{statements:?}: {e}"));
     url
 }
 
-async fn create_database(admin: &str, name: &str) -> Result<(), sqlx::Error> {
+/// Run `statements` (outside a transaction, as `create database` must be) on `admin`.
+async fn as_admin(admin: &str, statements: &[String]) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut conn)
-        .await?;
+    for sql in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut conn)
+            .await?;
+    }
     conn.close().await
 }
 
@@ -232,16 +224,13 @@ impl Launcher {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         // PostgreSQL refuses to run as root: then it runs as `nobody`, which owns its directory.
-        let user = if id("-u", None)? == 0 {
-            let (uid, gid) = (id("-u", Some("nobody"))?, id("-g", Some("nobody"))?);
+        let user = server_user()?;
+        if let Some((uid, gid)) = user {
             for path in [&dir, &data] {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid))
                     .map_err(|e| format!("chown {}: {e}", path.display()))?;
             }
-            Some((uid, gid))
-        } else {
-            None
-        };
+        }
         let launcher = Self {
             bin,
             dir,
@@ -396,6 +385,15 @@ pub fn certificate_authority(
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     Ok((cert.pem(), rcgen::Issuer::new(params, key)))
+}
+
+/// The user and group the server runs as when the tests run as root (PostgreSQL refuses
+/// root): `nobody`'s; otherwise none (this process's own).
+fn server_user() -> Result<Option<(u32, u32)>, String> {
+    if id("-u", None)? != 0 {
+        return Ok(None);
+    }
+    Ok(Some((id("-u", Some("nobody"))?, id("-g", Some("nobody"))?)))
 }
 
 /// `id -u` (this process's user) or `id -g nobody` and the like.
