@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{TestApp, orphan_chunks};
 use serde_json::{Value, json};
 
 on_both_stores! {
@@ -127,6 +127,7 @@ async fn finished_jobs_are_deleted_after_the_retention_period(backend: Backend) 
             .status(),
         404
     );
+    assert_eq!(orphan_chunks(&app.db).await, 0, "its chunks went with it");
     // A job that is still running is kept, and kept for the period after it finishes.
     assert_eq!(app.job(&running).await["status"], "running");
     assert_eq!(app.wait_job(&running).await["status"], "completed");

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestApp, pid_alive, wait_dead};
+use common::{TestApp, orphan_chunks, pid_alive, wait_dead};
 use serde_json::{Value, json};
 
 fn assert_indices_in_order(results: &[Value], expected: std::ops::Range<u64>) {
@@ -577,6 +577,7 @@ async fn long_poll_list_delete_and_empty_jobs(backend: Backend) {
         app.get(&format!("/v1/jobs/{slow}/results")).await.status(),
         404
     );
+    assert_eq!(orphan_chunks(&app.db).await, 0, "its chunks went with it");
 }
 }
 

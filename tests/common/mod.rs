@@ -603,6 +603,18 @@ pub async fn stored_job(db: &Path, id: &str) -> Value {
     .await
 }
 
+/// How many stored chunks belong to no stored job (on either store, running or stopped): a
+/// deleted job's chunks must go with it.
+pub async fn orphan_chunks(db: &Path) -> i64 {
+    let sql = "select count(*) from chunks where job not in (select key from jobs)";
+    let count = if let Some(url) = db.to_str().filter(|d| d.starts_with("postgres://")) {
+        postgres::query_json(url, &format!("select ({sql})::text")).await
+    } else {
+        sqlite_json(db, &format!("select cast(({sql}) as text)")).await
+    };
+    count.as_i64().expect("a count")
+}
+
 impl TestApp {
     /// Read an SSE stream until `enough` says so (or it ends), then drop the connection:
     /// the events a client saw before it went away.

@@ -287,11 +287,13 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             {
                 return Ok(Outcome::Deleted(DeleteOutcome::NotFinished));
             }
-            // Its chunks go with it (`on delete cascade`).
-            sqlx::query("delete from jobs where key = $1")
-                .bind(key)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "with j as (delete from jobs where key = $1)
+                 delete from chunks where job = $1",
+            )
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
             Ok(Outcome::Deleted(DeleteOutcome::Deleted))
         }
         Op::Leave => {
@@ -307,20 +309,24 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             Ok(Outcome::Released(released))
         }
         Op::PurgeFinished { before, limit } => {
-            // Their chunks go with them (`on delete cascade`). Jobs another node is deleting
-            // right now are skipped, not waited for.
-            let jobs = sqlx::query(
-                "delete from jobs where key in (
-                     select key from jobs
-                     where status in ('completed', 'failed', 'cancelled')
-                       and finished_at::timestamptz < $1::timestamptz
-                     order by key limit $2 for update skip locked)",
+            // Their chunks with them. Jobs another node is deleting right now are skipped,
+            // not waited for.
+            let jobs: i64 = sqlx::query_scalar(
+                "with j as (
+                     delete from jobs where key in (
+                         select key from jobs
+                         where status in ('completed', 'failed', 'cancelled')
+                           and finished_at::timestamptz < $1::timestamptz
+                         order by key limit $2 for update skip locked)
+                     returning key),
+                 c as (delete from chunks where job in (select key from j))
+                 select count(*) from j",
             )
             .bind(format_time(*before))
             .bind(*limit as i64)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            .fetch_one(&mut *conn)
+            .await?;
+            let jobs = jobs as u64;
             Ok(Outcome::Purged(jobs))
         }
     }
