@@ -2,8 +2,8 @@
 //! table (register, heartbeat, list), claims of chunks with their re-queue when a node is
 //! lost, the cluster-wide open/closed flag, and the notifications that wake other nodes.
 //!
-//! A node's claims, heartbeats and re-queues are single statements on the read pool's
-//! connections (autocommit, short), not writes of the writer: nobody reads them back through
+//! A node's claims, heartbeats and re-queues are single statements on the readers'
+//! connections (`readers`; autocommit, short), not writes of the writer: nobody reads them back through
 //! the commit hook. Giving back the claims no one holds ([`release`]) is the exception: the
 //! writer runs it, after the records sent before it. Timestamps of liveness are the server's
 //! (`now()`), so nodes' clocks never matter. Called by `crate::cluster` (the node's heartbeat
@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
 
-use super::read_error;
+use super::readers::Readers;
 use crate::model::{Chunk, JobId};
 use crate::store::rows::parse_chunks;
 use crate::store::{NodeRow, Result, format_time};
@@ -153,7 +154,8 @@ pub async fn release(
 /// This node's side of the cluster tables.
 #[derive(Clone)]
 pub struct Cluster {
-    pool: PgPool,
+    /// The connections its statements run on (the store's readers).
+    pool: Readers,
     node: Arc<str>,
     /// The last lease number given (claims are numbered by their node, from 1).
     leases: Arc<AtomicU64>,
@@ -188,7 +190,7 @@ const CLAIM: &str = "with j as (
      from claimed";
 
 impl Cluster {
-    pub fn new(pool: PgPool, node: &str) -> Self {
+    pub fn new(pool: Readers, node: &str) -> Self {
         Self {
             pool,
             node: node.into(),
@@ -206,30 +208,34 @@ impl Cluster {
     /// it is declared lost at once, so that [`Cluster::requeue_lost`] frees its chunks now
     /// rather than after its lease.
     pub async fn register(&self, node: &NodeRow) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(read_error)?;
-        sqlx::query(
-            "update nodes set state = 'lost'
-             where name = $1 and address = $2 and state in ('alive', 'draining')",
-        )
-        .bind(&node.name)
-        .bind(&node.address)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "insert into nodes (id, name, address, started_at, heartbeat_at, lease_s, workers,
+        self.pool
+            .run(async |c| {
+                let mut tx = c.begin().await?;
+                sqlx::query(
+                    "update nodes set state = 'lost'
+                     where name = $1 and address = $2 and state in ('alive', 'draining')",
+                )
+                .bind(&node.name)
+                .bind(&node.address)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "insert into nodes (id, name, address, started_at, heartbeat_at, lease_s, workers,
                                 state)
-             values ($1, $2, $3, $4, now(), $5, $6, 'alive')",
-        )
-        .bind(&node.id)
-        .bind(&node.name)
-        .bind(&node.address)
-        .bind(&node.started_at)
-        .bind(node.lease.as_secs_f64())
-        .bind(node.workers as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+                     values ($1, $2, $3, $4, now(), $5, $6, 'alive')",
+                )
+                .bind(&node.id)
+                .bind(&node.name)
+                .bind(&node.address)
+                .bind(&node.started_at)
+                .bind(node.lease.as_secs_f64())
+                .bind(node.workers as i64)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Say this node is alive (or draining), with its pool's snapshot (JSON, shown by other
@@ -237,20 +243,24 @@ impl Cluster {
     /// was paused or cut off past its lease: its claims went to other nodes), and whether the
     /// cluster accepts new jobs.
     pub async fn heartbeat(&self, draining: bool, pool: &str) -> Result<(bool, bool)> {
-        let row = sqlx::query(
-            "with old as (select state from nodes where id = $1 for update)
-             update nodes set heartbeat_at = now(), pool = $3,
-                    state = case when $2 then 'draining' else 'alive' end
-             from old where nodes.id = $1
-             returning old.state = 'lost' as lost,
-                       (select accepting from cluster) as accepting",
-        )
-        .bind(&*self.node)
-        .bind(draining)
-        .bind(pool)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let row = self
+            .pool
+            .run(async |c| {
+                Ok(sqlx::query(
+                    "with old as (select state from nodes where id = $1 for update)
+                     update nodes set heartbeat_at = now(), pool = $3,
+                            state = case when $2 then 'draining' else 'alive' end
+                     from old where nodes.id = $1
+                     returning old.state = 'lost' as lost,
+                               (select accepting from cluster) as accepting",
+                )
+                .bind(&*self.node)
+                .bind(draining)
+                .bind(pool)
+                .fetch_optional(c)
+                .await?)
+            })
+            .await?;
         Ok(match row {
             Some(row) => (row.try_get("lost")?, row.try_get("accepting")?),
             None => (true, true), // our row was deleted: behave as lost
@@ -262,56 +272,62 @@ impl Cluster {
     /// gone); tell the nodes. Returns the nodes declared lost, by name. Any node may run this
     /// at any time: the row locks make each re-queue happen once.
     pub async fn requeue_lost(&self) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await.map_err(read_error)?;
-        let lost: Vec<(String, String)> = sqlx::query_as(
-            "update nodes set state = 'lost'
-             where state in ('alive', 'draining')
-               and heartbeat_at < now() - lease_s * interval '1 second'
-             returning id, name",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let requeued: Vec<String> = sqlx::query_scalar(
-            "with live as (select id from nodes where state in ('alive', 'draining')),
-             r as (
-                 update chunks set owner = null, lease = null, attempts = attempts + 1
-                 where state = 0 and owner is not null and owner not in (select id from live)
-                 returning job)
-             select distinct jobs.id from r join jobs on jobs.key = r.job",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let at = format_time(OffsetDateTime::now_utc());
-        let cut: Vec<String> = sqlx::query_scalar(
-            "with live as (select id from nodes where state in ('alive', 'draining')),
-             f as (
-                 update jobs set status = 'failed', ingesting = false, finished_at = $1,
-                        error = 'poold stopped while the job''s items were being uploaded (its node was lost or restarted)'
-                 where ingesting and status in ('queued', 'running')
-                   and (upload_node is null or upload_node not in (select id from live))
-                 returning key, id),
-             d as (update chunks set state = 2 from f where chunks.job = f.key and state = 0)
-             select id from f",
-        )
-        .bind(&at)
-        .fetch_all(&mut *tx)
-        .await?;
-        // Rows of nodes gone long ago (their claims and uploads were dealt with then).
-        sqlx::query(
-            "delete from nodes where state in ('lost', 'stopped')
-               and heartbeat_at < now() - interval '1 day'",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let parse = |ids: Vec<String>| -> Vec<JobId> {
-            ids.iter().filter_map(|id| id.parse().ok()).collect()
-        };
-        let mut payloads = payloads(&self.node, NoticeKind::Work, &parse(requeued));
-        let cut = parse(cut);
-        payloads.extend(self::payloads(&self.node, NoticeKind::Ended, &cut));
-        payloads.extend(self::payloads(&self.node, NoticeKind::Changed, &cut));
-        notify(&mut tx, &payloads).await?;
-        tx.commit().await?;
+        let (lost, cut) = self
+            .pool
+            .run(async |c| {
+                let mut tx = c.begin().await?;
+                let lost: Vec<(String, String)> = sqlx::query_as(
+                    "update nodes set state = 'lost'
+                     where state in ('alive', 'draining')
+                       and heartbeat_at < now() - lease_s * interval '1 second'
+                     returning id, name",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let requeued: Vec<String> = sqlx::query_scalar(
+                    "with live as (select id from nodes where state in ('alive', 'draining')),
+                     r as (
+                         update chunks set owner = null, lease = null, attempts = attempts + 1
+                         where state = 0 and owner is not null and owner not in (select id from live)
+                         returning job)
+                     select distinct jobs.id from r join jobs on jobs.key = r.job",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let at = format_time(OffsetDateTime::now_utc());
+                let cut: Vec<String> = sqlx::query_scalar(
+                    "with live as (select id from nodes where state in ('alive', 'draining')),
+                     f as (
+                         update jobs set status = 'failed', ingesting = false, finished_at = $1,
+                                error = 'poold stopped while the job''s items were being uploaded (its node was lost or restarted)'
+                         where ingesting and status in ('queued', 'running')
+                           and (upload_node is null or upload_node not in (select id from live))
+                         returning key, id),
+                     d as (update chunks set state = 2 from f where chunks.job = f.key and state = 0)
+                     select id from f",
+                )
+                .bind(&at)
+                .fetch_all(&mut *tx)
+                .await?;
+                // Rows of nodes gone long ago (their claims and uploads were dealt with then).
+                sqlx::query(
+                    "delete from nodes where state in ('lost', 'stopped')
+                       and heartbeat_at < now() - interval '1 day'",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let parse = |ids: Vec<String>| -> Vec<JobId> {
+                    ids.iter().filter_map(|id| id.parse().ok()).collect()
+                };
+                let mut payloads = payloads(&self.node, NoticeKind::Work, &parse(requeued));
+                let cut = parse(cut);
+                payloads.extend(self::payloads(&self.node, NoticeKind::Ended, &cut));
+                payloads.extend(self::payloads(&self.node, NoticeKind::Changed, &cut));
+                notify(&mut tx, &payloads).await?;
+                tx.commit().await?;
+                Ok((lost, cut))
+            })
+            .await?;
         if !cut.is_empty() {
             tracing::warn!(
                 jobs = cut.len(),
@@ -324,14 +340,18 @@ impl Cluster {
     /// Claim up to `limit` unclaimed queued chunks of a job for this node, in order.
     pub async fn claim(&self, id: JobId, limit: u32) -> Result<Vec<Chunk>> {
         let lease = self.next_lease();
-        let text: Option<String> = sqlx::query_scalar(CLAIM)
-            .bind(id.to_string())
-            .bind(&*self.node)
-            .bind(i64::from(limit))
-            .bind(lease as i64)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let text: Option<String> = self
+            .pool
+            .run(async |c| {
+                Ok(sqlx::query_scalar(CLAIM)
+                    .bind(id.to_string())
+                    .bind(&*self.node)
+                    .bind(i64::from(limit))
+                    .bind(lease as i64)
+                    .fetch_one(c)
+                    .await?)
+            })
+            .await?;
         match text {
             Some(text) => parse_chunks(&text, lease),
             None => Ok(Vec::new()),
@@ -378,33 +398,41 @@ impl Cluster {
 
     /// Unfinished jobs with chunks nobody has claimed (the slow poll behind notifications).
     pub async fn jobs_with_work(&self) -> Result<Vec<JobId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "select id from jobs
-             where status in ('queued', 'running')
-               and exists (select 1 from chunks
-                           where chunks.job = jobs.key and state = 0 and owner is null)",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let ids: Vec<String> = self
+            .pool
+            .run(async |c| {
+                Ok(sqlx::query_scalar(
+                    "select id from jobs
+                     where status in ('queued', 'running')
+                       and exists (select 1 from chunks
+                                   where chunks.job = jobs.key and state = 0 and owner is null)",
+                )
+                .fetch_all(c)
+                .await?)
+            })
+            .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     /// Every node that is alive or draining, and those stopped or lost within `recent`.
     pub async fn nodes(&self, recent: Duration) -> Result<Vec<NodeRow>> {
-        let rows = sqlx::query(
-            "select id, name, address, started_at, lease_s, workers, state, pool,
-                    to_char(heartbeat_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
-                        as heartbeat
-             from nodes
-             where state in ('alive', 'draining')
-                or heartbeat_at > now() - $1 * interval '1 second'
-             order by started_at, id",
-        )
-        .bind(recent.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let rows = self
+            .pool
+            .run(async |c| {
+                Ok(sqlx::query(
+                    "select id, name, address, started_at, lease_s, workers, state, pool,
+                            to_char(heartbeat_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                                as heartbeat
+                     from nodes
+                     where state in ('alive', 'draining')
+                        or heartbeat_at > now() - $1 * interval '1 second'
+                     order by started_at, id",
+                )
+                .bind(recent.as_secs_f64())
+                .fetch_all(c)
+                .await?)
+            })
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(NodeRow {
@@ -424,34 +452,45 @@ impl Cluster {
 
     /// `POST /v1/pool/close` and `/open`, for every node.
     pub async fn set_accepting(&self, accepting: bool) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(read_error)?;
-        sqlx::query("update cluster set accepting = $1")
-            .bind(accepting)
-            .execute(&mut *tx)
-            .await?;
-        notify(&mut tx, &payloads(&self.node, NoticeKind::Pool, &[])).await?;
-        tx.commit().await?;
-        Ok(())
+        self.pool
+            .run(async |c| {
+                let mut tx = c.begin().await?;
+                sqlx::query("update cluster set accepting = $1")
+                    .bind(accepting)
+                    .execute(&mut *tx)
+                    .await?;
+                notify(&mut tx, &payloads(&self.node, NoticeKind::Pool, &[])).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Chunks queued cluster-wide: those no node has claimed, and those claimed and not yet
     /// recorded (waiting in a node's window, or running: at most a few per worker). Counted
     /// through the two partial indexes on queued chunks.
     pub async fn queued_chunks(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "select (select count(*) from chunks where state = 0 and owner is null)
-                  + (select count(*) from chunks where state = 0 and owner is not null)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let n: i64 = self
+            .pool
+            .run(async |c| {
+                Ok(sqlx::query_scalar(
+                    "select (select count(*) from chunks where state = 0 and owner is null)
+                     + (select count(*) from chunks where state = 0 and owner is not null)",
+                )
+                .fetch_one(c)
+                .await?)
+            })
+            .await?;
         Ok(n.max(0) as u64)
     }
 
     pub async fn accepting(&self) -> Result<bool> {
-        sqlx::query_scalar("select accepting from cluster")
-            .fetch_one(&self.pool)
+        self.pool
+            .run(async |c| {
+                Ok(sqlx::query_scalar("select accepting from cluster")
+                    .fetch_one(c)
+                    .await?)
+            })
             .await
-            .map_err(read_error)
     }
 }

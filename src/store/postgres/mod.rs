@@ -1,17 +1,18 @@
 //! The PostgreSQL backend: one database server, reached over the network, shared by any number
 //! of poold nodes ([`cluster`]: claims, heartbeats, re-queues, notifications).
 //!
-//! Reads go through a [`PgPool`] on the caller's task. Every write goes through the store's
-//! single writer thread (`store::writer`; here [`writer`] its connection, SQL in [`ops`]),
-//! exactly as on SQLite: group commit, the commit hook after the commit, kept writes retried
-//! while the server cannot be written. Reads of chunks fold their rows into one text, as
-//! `store::pages` reads it (the same texts as SQLite's). Migrations (`migrations-postgres/`)
+//! Reads run on the caller's task, on a connection lent by [`readers`]. Every write goes
+//! through the store's single writer thread (`store::writer`; here [`writer`] its connection,
+//! SQL in [`ops`]), exactly as on SQLite: group commit, the commit hook after the commit,
+//! kept writes retried while the server cannot be written. Reads of chunks fold their rows
+//! into one text, as `store::pages` reads it (the same texts as SQLite's). Migrations (`migrations-postgres/`)
 //! are applied at open by sqlx's migrator, which holds a PostgreSQL advisory lock while it
 //! runs: several nodes starting at once apply each migration once, the others wait for it.
 //! Called by `store::Store`, which picks this backend for a `postgres://` `--database`.
 
 pub mod cluster;
 mod ops;
+mod readers;
 mod writer;
 
 use std::str::FromStr;
@@ -25,18 +26,17 @@ use super::writer::Writer;
 use super::{CommitHook, Error, NodeRow, Result};
 use crate::model::{Job, JobId, JobStatus};
 use cluster::Cluster;
+use readers::Readers;
 use writer::PgWriter;
 
-/// Connections for reads (SSE streams, long-polls, pages, the supervisor's chunk fetches).
-const READERS: u32 = 8;
-/// How long a read waits for a connection before it fails (503), e.g. while the server is down.
+/// How long the `LISTEN` connection's pool waits for a connection before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `/readyz` waits for the server (container health checks give up after 3 s).
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    readers: Readers,
     writer: Writer,
     cluster: Cluster,
     /// The one connection `LISTEN` holds (see [`PgStore::listener`]).
@@ -75,12 +75,8 @@ impl PgStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
-        let pool = PgPoolOptions::new()
-            .max_connections(READERS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
-        let cluster = Cluster::new(pool.clone(), &node.id);
+        let readers = Readers::new(options);
+        let cluster = Cluster::new(readers.clone(), &node.id);
         cluster.register(node).await?;
         let lost = cluster.requeue_lost().await?;
         if !lost.is_empty() {
@@ -89,7 +85,7 @@ impl PgStore {
         let (writer, task) = Writer::start(backend, on_commit);
         Ok((
             Self {
-                pool,
+                readers,
                 writer,
                 cluster,
                 listen,
@@ -101,20 +97,22 @@ impl PgStore {
     pub fn close(&self) {
         // Marks the pool closed at once (reads fail from now on); the connections close in
         // the background.
-        let pools = [self.pool.clone(), self.listen.clone()];
+        self.readers.close();
+        let listen = self.listen.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            for pool in pools {
-                runtime.spawn(async move { pool.close().await });
-            }
+            runtime.spawn(async move { listen.close().await });
         }
     }
 
     /// For `/readyz`: answers within [`PING_TIMEOUT`] even while the server is out of reach
-    /// (other reads wait up to [`ACQUIRE_TIMEOUT`] for a connection).
+    /// (other reads wait up to 5 s for a connection: see `readers`).
     pub async fn ping(&self) -> Result<()> {
-        let ping = sqlx::query("select 1").execute(&self.pool);
+        let ping = self.readers.run(async |c| {
+            sqlx::query("select 1").execute(c).await?;
+            Ok(())
+        });
         match tokio::time::timeout(PING_TIMEOUT, ping).await {
-            Ok(answered) => answered.map(drop).map_err(read_error),
+            Ok(answered) => answered,
             Err(_) => Err(Error::Storage {
                 full: false,
                 message: format!("PostgreSQL did not answer within {PING_TIMEOUT:?}"),
@@ -141,21 +139,29 @@ impl PgStore {
     // ---- reads ----
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query("select * from jobs where id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let row = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query("select * from jobs where id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(c)
+                    .await?)
+            })
+            .await?;
         row.map(|row| job_row(&row).and_then(Job::try_from))
             .transpose()
     }
 
     pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<(Job, String)>> {
-        let row = sqlx::query("select * from jobs where idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let row = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query("select * from jobs where idempotency_key = $1")
+                    .bind(key)
+                    .fetch_optional(c)
+                    .await?)
+            })
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let row = job_row(&row)?;
         let hash = row.request_hash().unwrap_or_default().to_string();
@@ -168,47 +174,59 @@ impl PgStore {
         before: Option<JobId>,
         limit: u32,
     ) -> Result<Vec<Job>> {
-        let rows = sqlx::query(
-            "select * from jobs
-             where ($1::text is null or status = $1)
-               and ($2::text is null or key < (select key from jobs where id = $2))
-             order by key desc limit $3",
-        )
-        .bind(status.map(JobStatus::as_str))
-        .bind(before.map(|id| id.to_string()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let rows = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query(
+                    "select * from jobs
+                     where ($1::text is null or status = $1)
+                       and ($2::text is null or key < (select key from jobs where id = $2))
+                     order by key desc limit $3",
+                )
+                .bind(status.map(JobStatus::as_str))
+                .bind(before.map(|id| id.to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await?)
+            })
+            .await?;
         rows.iter()
             .map(|row| job_row(row).and_then(Job::try_from))
             .collect()
     }
 
     pub async fn unfinished_items(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "select coalesce(sum(total - done), 0)::bigint from jobs
-             where status in ('queued', 'running')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let n: i64 = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query_scalar(
+                    "select coalesce(sum(total - done), 0)::bigint from jobs
+                     where status in ('queued', 'running')",
+                )
+                .fetch_one(c)
+                .await?)
+            })
+            .await?;
         Ok(n.max(0) as u64)
     }
 
     pub async fn metrics_snapshot(&self) -> Result<(Vec<(String, u64)>, f64)> {
-        let by_status: Vec<(String, i64)> =
-            sqlx::query_as("select status, count(*) from jobs group by status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(read_error)?;
-        let age: Option<f64> = sqlx::query_scalar(
-            "select extract(epoch from now() - min(created_at::timestamptz))::float8
-             from jobs where status in ('queued', 'running')",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let (by_status, age) = self
+            .readers
+            .run(async |c| {
+                let by_status: Vec<(String, i64)> =
+                    sqlx::query_as("select status, count(*) from jobs group by status")
+                        .fetch_all(&mut *c)
+                        .await?;
+                let age: Option<f64> = sqlx::query_scalar(
+                    "select extract(epoch from now() - min(created_at::timestamptz))::float8
+                     from jobs where status in ('queued', 'running')",
+                )
+                .fetch_one(&mut *c)
+                .await?;
+                Ok((by_status, age))
+            })
+            .await?;
         Ok((
             by_status
                 .into_iter()
@@ -219,26 +237,34 @@ impl PgStore {
     }
 
     pub async fn unfinished_jobs(&self) -> Result<Vec<Result<Job, (JobId, String)>>> {
-        let rows = sqlx::query(
-            "select * from jobs where status in ('queued', 'running')
-             order by priority desc, key",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let rows = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query(
+                    "select * from jobs where status in ('queued', 'running')
+                     order by priority desc, key",
+                )
+                .fetch_all(c)
+                .await?)
+            })
+            .await?;
         let rows = rows.iter().map(job_row).collect::<Result<Vec<_>>>()?;
         Ok(unfinished_jobs(rows))
     }
 
     pub async fn count_queued_chunks(&self, id: JobId) -> Result<u64> {
-        let count: i64 = sqlx::query_scalar(
-            "select count(*) from chunks
-             where job = (select key from jobs where id = $1) and state = 0 and owner is null",
-        )
-        .bind(id.to_string())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let count: i64 = self
+            .readers
+            .run(async |c| {
+                Ok(sqlx::query_scalar(
+                    "select count(*) from chunks
+                     where job = (select key from jobs where id = $1) and state = 0 and owner is null",
+                )
+                .bind(id.to_string())
+                .fetch_one(c)
+                .await?)
+            })
+            .await?;
         Ok(count as u64)
     }
 
@@ -290,11 +316,15 @@ impl PgStore {
         id: JobId,
         from_and_limit: Option<(i64, u32)>,
     ) -> Result<Option<String>> {
-        let mut query = sqlx::query_scalar(sql).bind(id.to_string());
-        if let Some((from, limit)) = from_and_limit {
-            query = query.bind(from).bind(i64::from(limit));
-        }
-        query.fetch_one(&self.pool).await.map_err(read_error)
+        self.readers
+            .run(async |c| {
+                let mut query = sqlx::query_scalar(sql).bind(id.to_string());
+                if let Some((from, limit)) = from_and_limit {
+                    query = query.bind(from).bind(i64::from(limit));
+                }
+                Ok(query.fetch_one(c).await?)
+            })
+            .await
     }
 }
 
@@ -352,17 +382,4 @@ fn job_row(row: &PgRow) -> Result<JobRow> {
         finished_at: row.try_get("finished_at")?,
         request_hash: row.try_get("request_hash")?,
     })
-}
-
-/// A read's error: the server out of reach (or the pool closed) is a storage failure (the
-/// API answers 503 with `Retry-After`), anything else a database error.
-fn read_error(e: sqlx::Error) -> Error {
-    if writer::is_unavailable(&e) {
-        Error::Storage {
-            full: false,
-            message: e.to_string(),
-        }
-    } else {
-        Error::Database(e)
-    }
 }
