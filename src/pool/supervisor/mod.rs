@@ -2,8 +2,8 @@
 //!
 //! It `select!`s over commands from [`super::PoolHandle`]s, events from worker processes
 //! (hello, results, exits), restart timers and shutdown. Dispatch keeps up to [`PIPELINE`]
-//! chunks in flight per worker so pipes never idle — but only behind chunks known to be short
-//! ([`PIPELINE_BELOW`]), so a chunk never waits behind a long one while a worker is idle — and
+//! chunks in flight per worker so pipes never idle — but only while those ahead are known to
+//! be done within [`PIPELINE_BELOW`], so a chunk never waits long while a worker is idle — and
 //! pauses while the store's writer is behind (so unrecorded results cannot pile up in memory).
 //! Results go to the store's writer (which publishes after commit); a dead worker is replaced,
 //! and its running chunk is retried up to the job's `max_attempts`, then narrowed down to the
@@ -32,11 +32,13 @@ use crate::outcomes::ChunkOutcomes;
 use crate::protocol::{PooldError, PooldMessage, WorkerMessage, WorkerResults};
 use crate::store::Store;
 
-/// Chunks in flight per worker: one running, the next already in its pipe.
-const PIPELINE: usize = 2;
-/// A second chunk waits in a worker's pipe only behind a chunk of a job whose chunks are known
-/// to take less than this: pipelining hides the round trip of short chunks, but behind a long
-/// one it would hold a chunk back that an idle worker could run.
+/// Chunks in flight per worker at most: one running, the rest already in its pipe.
+const PIPELINE: usize = 8;
+/// More chunks wait in a worker's pipe only while the chunks ahead of them are known to be done
+/// within this (from their jobs' average chunk time): pipelining hides the round trip of short
+/// chunks and lets a worker and poold each handle several at one wake-up, but behind long ones
+/// it would hold a chunk back that an idle worker could run (or a job of higher priority
+/// submitted meanwhile).
 const PIPELINE_BELOW: Duration = Duration::from_millis(20);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Dispatch pauses while more than this many bytes of results wait for the database writer,
@@ -455,12 +457,16 @@ impl Supervisor {
         }
     }
 
-    /// Whether the chunk a worker runs belongs to a job whose chunks are known to be short.
-    fn runs_short(&self, running: Option<&InFlight>) -> bool {
-        running
-            .and_then(|f| self.queue.get(f.job))
-            .and_then(|job| job.chunk_secs)
-            .is_some_and(|secs| secs < PIPELINE_BELOW.as_secs_f64())
+    /// Whether the chunks a worker holds are known to be done within [`PIPELINE_BELOW`].
+    fn runs_short(&self, in_flight: &VecDeque<InFlight>) -> bool {
+        let mut secs = 0.0;
+        for flight in in_flight {
+            match self.queue.get(flight.job).and_then(|job| job.chunk_secs) {
+                Some(chunk) => secs += chunk,
+                None => return false,
+            }
+        }
+        secs < PIPELINE_BELOW.as_secs_f64()
     }
 
     /// Fill every ready worker's pipeline from the queue.
@@ -477,7 +483,7 @@ impl Supervisor {
                     slot.state == SlotState::Ready
                         && (slot.in_flight.is_empty()
                             || (slot.in_flight.len() < PIPELINE
-                                && self.runs_short(slot.in_flight.front())))
+                                && self.runs_short(&slot.in_flight)))
                         && self
                             .config
                             .max_tasks_per_worker
