@@ -326,8 +326,7 @@ async fn apply(conn: &mut PgConnection, node: &str, op: &Op) -> Result<Outcome> 
             .bind(*limit as i64)
             .fetch_one(&mut *conn)
             .await?;
-            let jobs = jobs as u64;
-            Ok(Outcome::Purged(jobs))
+            Ok(Outcome::Purged(jobs as u64))
         }
     }
 }

@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout_at};
 
-use super::writer::is_unavailable;
+use super::writer::{connect, is_unavailable, timed_out};
 use crate::store::{Error, Result};
 
 /// Connections for reads (SSE streams, long-polls, pages, the supervisor's chunk fetches) and
@@ -67,9 +67,10 @@ impl Readers {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(unavailable("the database connections are closed")),
             Err(_) => {
-                return Err(unavailable(format!(
-                    "no database connection within {ACQUIRE_TIMEOUT:?}"
-                )));
+                return Err(timed_out(
+                    "waiting for a database connection",
+                    ACQUIRE_TIMEOUT,
+                ));
             }
         };
         let mut conn = self.connection(deadline).await?;
@@ -94,12 +95,10 @@ impl Readers {
             }
             // Broken (or the server too slow to answer): dropped; try the next.
         }
-        match timeout_at(deadline, PgConnection::connect_with(&self.0.options)).await {
-            Ok(connected) => connected.map_err(|e| storage_failure(e.into())),
-            Err(_) => Err(unavailable(format!(
-                "connecting to PostgreSQL took longer than {ACQUIRE_TIMEOUT:?}"
-            ))),
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        connect(&self.0.options, left)
+            .await
+            .map_err(storage_failure)
     }
 
     /// Fail every statement from now on and close the idle connections (in the background).

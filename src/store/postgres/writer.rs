@@ -32,7 +32,7 @@ pub struct PgWriter {
 impl PgWriter {
     /// Connect (on the current runtime, which then drives the writer's queries).
     pub async fn connect(options: PgConnectOptions, node: &str) -> Result<Self> {
-        let conn = connect(&options).await?;
+        let conn = connect(&options, CONNECT_TIMEOUT).await?;
         Ok(Self {
             node: node.to_string(),
             conn: Some(conn),
@@ -49,14 +49,16 @@ impl PgWriter {
     }
 }
 
-async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+/// A new connection, or a storage failure if connecting takes longer than `limit` (also used
+/// by `readers`).
+pub(super) async fn connect(options: &PgConnectOptions, limit: Duration) -> Result<PgConnection> {
+    match tokio::time::timeout(limit, PgConnection::connect_with(options)).await {
         Ok(conn) => Ok(conn?),
-        Err(_) => Err(timed_out("connecting to PostgreSQL", CONNECT_TIMEOUT)),
+        Err(_) => Err(timed_out("connecting to PostgreSQL", limit)),
     }
 }
 
-fn timed_out(what: &str, limit: Duration) -> Error {
+pub(super) fn timed_out(what: &str, limit: Duration) -> Error {
     Error::Storage {
         full: false,
         message: format!("{what} took longer than {limit:?}"),
@@ -74,7 +76,7 @@ impl Backend for PgWriter {
         let applied = runtime.block_on(async {
             let conn = match conn {
                 Some(conn) => conn,
-                None => conn.insert(connect(options).await?),
+                None => conn.insert(connect(options, CONNECT_TIMEOUT).await?),
             };
             match tokio::time::timeout(BATCH_TIMEOUT, ops::apply_batch(conn, node, ops)).await {
                 Ok(applied) => applied,
