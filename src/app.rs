@@ -76,7 +76,7 @@ pub async fn run(
         },
         shutdown.clone(),
     );
-    let state = AppState {
+    let state = AppState::new(api::Shared {
         jobs,
         store: store.clone(),
         pool,
@@ -86,7 +86,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         api_token: config.api_token.as_deref().map(api::token_digest),
         node: node.clone(),
-    };
+    });
     // On a shared store: heartbeats and notifications from the other nodes (until the
     // supervisor has drained).
     let cluster_stop = CancellationToken::new();

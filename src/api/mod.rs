@@ -42,9 +42,26 @@ use crate::jobs::JobService;
 use crate::pool::PoolHandle;
 use crate::store::Store;
 
-/// What every handler can reach.
+/// What every handler can reach: the [`Shared`] parts behind one `Arc` (the router, the
+/// middleware and each handler clone the state of every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     /// The job lifecycle: every write of a job goes through it.
     pub jobs: JobService,
     /// For the readers (results, event streams, lists).
