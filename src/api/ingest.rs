@@ -67,7 +67,7 @@ async fn ingest(state: AppState, body: Body) -> Result<Response, ApiError> {
     match read(&state, &mut upload, &mut lines).await {
         Ok(Ended::Complete) => {
             let job = upload.close().await?;
-            tracing::info!(job.id = %job.id, total = job.total, "upload complete");
+            tracing::debug!(job.id = %job.id, total = job.total, "upload complete");
             Ok(job_response(StatusCode::CREATED, job))
         }
         Ok(Ended::JobFinished) => {

@@ -216,7 +216,7 @@ impl JobService {
                 None => Err(e.into()),
             };
         }
-        tracing::info!(job.id = %job.id, function = %job.spec.function, total, "job accepted");
+        tracing::debug!(job.id = %job.id, function = %job.spec.function, total, "job accepted");
         if let Err(e) = self
             .inner
             .pool

@@ -44,7 +44,7 @@ impl JobService {
                 claim: None,
             })
             .await?;
-        tracing::info!(job.id = %job.id, function = %job.spec.function, "streamed job accepted; its items are arriving");
+        tracing::debug!(job.id = %job.id, function = %job.spec.function, "streamed job accepted; its items are arriving");
         Ok(Upload {
             service: self.clone(),
             batcher: ChunkBatcher::new(job.spec.chunksize, false),
