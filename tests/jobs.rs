@@ -83,6 +83,32 @@ async fn square_over_1000_items_in_order_from_results_and_events(backend: Backen
 }
 
 on_both_stores! {
+/// A job's times are in order: created, started (its first chunk sent), finished. One-item
+/// jobs exercise the store's folding of a start into the record of the job's only chunk.
+async fn a_jobs_times_are_in_order(backend: Backend) {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+    let app = TestApp::spawn_on(backend, &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(app.submit(json!({"function": "square", "items": [i]})).await);
+    }
+    ids.push(app.submit(json!({"function": "square", "items": (0..50).collect::<Vec<_>>(), "chunksize": 3})).await);
+    for id in &ids {
+        let job = app.wait_job(id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        let time = |field: &str| {
+            let text = job[field].as_str().unwrap_or_else(|| panic!("no {field} in {job}"));
+            OffsetDateTime::parse(text, &Rfc3339).expect("an RFC 3339 time")
+        };
+        let (created, started, finished) =
+            (time("created_at"), time("started_at"), time("finished_at"));
+        assert!(created <= started && started <= finished, "{job}");
+    }
+}
+}
+
+on_both_stores! {
 async fn kwargs_like_partial_and_star_like_starmap(backend: Backend) {
     let app = TestApp::spawn_on(backend, &[]).await;
     let pow = app
