@@ -48,11 +48,10 @@ const START_JOB: &str = "update jobs set status = 'running', started_at = ?2
      where id = ?1 and status = 'queued'";
 
 /// Mark a chunk (of job ?1, at ?2) done with its completion number ?3, item errors ?4 and
-/// outcomes ?5 — only while it is still queued, so that it is recorded once; its size.
+/// outcomes ?5 — only while it is still queued, so that it is recorded once.
 const MARK_CHUNK: &str =
     "update chunks set state = 1, seq = ?3, failed = ?4, outcomes = ?5, items = ''
-     where job = (select key from jobs where id = ?1) and start = ?2 and state = 0
-     returning size";
+     where job = (select key from jobs where id = ?1) and start = ?2 and state = 0";
 
 /// Move a job's (?1) counters by the items ?2 and item errors ?3 of the chunks just marked,
 /// completing it at its total, failing it with ?4 when its record says `fail_fast` tripped;
@@ -119,22 +118,19 @@ fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result
             Op::RecordChunk { record, at } => {
                 let seq = *next_seq;
                 *next_seq += 1;
-                let marked: Option<i64> = conn
-                    .prepare_cached(MARK_CHUNK)?
-                    .query_row(
-                        params![
-                            record.id.to_string(),
-                            record.start as i64,
-                            seq as i64,
-                            record.outcomes.failed as i64,
-                            record.outcomes.json,
-                        ],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                let Some(size) = marked else { continue };
+                let marked = conn.prepare_cached(MARK_CHUNK)?.execute(params![
+                    record.id.to_string(),
+                    record.start as i64,
+                    seq as i64,
+                    record.outcomes.failed as i64,
+                    record.outcomes.json,
+                ])?;
+                if marked == 0 {
+                    continue;
+                }
+                // The outcomes were checked against the chunk's size when they arrived.
                 let job = count(&mut counted, record.id);
-                job.items += size.max(0) as u64;
+                job.items += record.outcomes.size;
                 job.errors += record.outcomes.failed;
                 job.at = Some(format_time(*at));
                 if job.fail.is_none() {
