@@ -3,8 +3,6 @@
 //! (each prepared once and cached; a statement costs no hand-off between threads here, so a
 //! chunk record is one bound statement, and its outcomes text is never parsed by SQLite).
 
-use std::collections::HashSet;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{JobId, JobStatus};
@@ -43,10 +41,6 @@ fn apply_all(conn: &Connection, ops: &[&Op], next_seq: &mut u64) -> Result<Vec<O
     Ok(outcomes)
 }
 
-/// Move a started job (?1) to running at ?2.
-const START_JOB: &str = "update jobs set status = 'running', started_at = ?2
-     where id = ?1 and status = 'queued'";
-
 /// Mark a chunk (of job ?1, at ?2) done with its completion number ?3, item errors ?4 and
 /// outcomes ?5 — only while it is still queued, so that it is recorded once.
 const MARK_CHUNK: &str =
@@ -55,9 +49,9 @@ const MARK_CHUNK: &str =
 
 /// Move a job's (?1) counters by the items ?2 and item errors ?3 of the chunks just marked,
 /// completing it at its total, failing it with ?4 when its record says `fail_fast` tripped;
-/// ?5 is the time. A job with chunks recorded has started: a queued one becomes running, and
-/// gets its start time ?6 (its start op's, folded into this statement), else ?5. (Every
-/// expression reads the row as it was before this update.)
+/// ?5 is the time. A job started or with chunks recorded runs: a queued one becomes running,
+/// with its start time ?6 (its start op's), else ?5. (Every expression reads the row as it was
+/// before this update.)
 const COUNT_CHUNKS: &str = "update jobs set
         done = done + ?2,
         failed = failed + ?3,
@@ -79,7 +73,7 @@ const COUNT_CHUNKS: &str = "update jobs set
 const DROP_FAILED: &str = "update chunks set state = 2
      where state = 0 and job = (select key from jobs where id = ?1 and status = 'failed')";
 
-/// What the chunks marked in a batch add to their job.
+/// What the starts and the chunks marked in a batch do to their job.
 #[derive(Default)]
 struct Counted {
     items: u64,
@@ -87,33 +81,22 @@ struct Counted {
     fail: Option<String>,
     /// The time of its last record.
     at: Option<String>,
-    /// The time of its start, when its start op is in the batch too.
+    /// The time of its start, when its start op is in the batch.
     started: Option<String>,
 }
 
 /// Job starts and chunk records, in the order sent, a prepared statement each (the writer
 /// drives SQLite directly: a statement costs no hand-off, and binding a record's outcomes
 /// as a parameter spares SQLite a JSON parse). A chunk already recorded (after a restart ran
-/// it again) or of a job that ended is skipped; each job's counters then move once by what
-/// was marked. The start of a job with a record in the same batch (a short job's usual case)
-/// is folded into that count: one statement fewer.
+/// it again) or of a job that ended is skipped. Then each job's row changes once, by one
+/// count: its start (a short job's usually comes in the same batch as its chunk's record) and
+/// what was marked.
 fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result<Vec<Outcome>> {
-    let recorded: HashSet<JobId> = run
-        .iter()
-        .filter_map(|op| match op {
-            Op::RecordChunk { record, .. } => Some(record.id),
-            _ => None,
-        })
-        .collect();
     let mut counted: Vec<(JobId, Counted)> = Vec::new();
     for op in run {
         match op {
-            Op::MarkStarted { id, at } if recorded.contains(id) => {
-                count(&mut counted, *id).started = Some(format_time(*at));
-            }
             Op::MarkStarted { id, at } => {
-                conn.prepare_cached(START_JOB)?
-                    .execute(params![id.to_string(), format_time(*at)])?;
+                count(&mut counted, *id).started = Some(format_time(*at));
             }
             Op::RecordChunk { record, at } => {
                 let seq = *next_seq;
