@@ -3,6 +3,8 @@
 //! (each prepared once and cached; a statement costs no hand-off between threads here, so a
 //! chunk record is one bound statement, and its outcomes text is never parsed by SQLite).
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::{JobId, JobStatus};
@@ -92,11 +94,11 @@ struct Counted {
 /// count: its start (a short job's usually comes in the same batch as its chunk's record) and
 /// what was marked.
 fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result<Vec<Outcome>> {
-    let mut counted: Vec<(JobId, Counted)> = Vec::new();
+    let mut counted: HashMap<JobId, Counted> = HashMap::new();
     for op in run {
         match op {
             Op::MarkStarted { id, at } => {
-                count(&mut counted, *id).started = Some(format_time(*at));
+                counted.entry(*id).or_default().started = Some(format_time(*at));
             }
             Op::RecordChunk { record, at } => {
                 let seq = *next_seq;
@@ -112,7 +114,7 @@ fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result
                     continue;
                 }
                 // The outcomes were checked against the chunk's size when they arrived.
-                let job = count(&mut counted, record.id);
+                let job = counted.entry(record.id).or_default();
                 job.items += record.outcomes.size;
                 job.errors += record.outcomes.failed;
                 job.at = Some(format_time(*at));
@@ -140,18 +142,6 @@ fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result
     }
     // Nobody waits on these (see `Store::mark_started` and `Store::record_chunk`).
     Ok(run.iter().map(|_| Outcome::Done).collect())
-}
-
-/// The count of job `id` in `counted`, added if it is not there yet.
-fn count(counted: &mut Vec<(JobId, Counted)>, id: JobId) -> &mut Counted {
-    let index = match counted.iter().position(|(job, _)| *job == id) {
-        Some(index) => index,
-        None => {
-            counted.push((id, Counted::default()));
-            counted.len() - 1
-        }
-    };
-    &mut counted[index].1
 }
 
 /// Every op but job starts and chunk records (see [`record_progress`]).
