@@ -38,6 +38,20 @@ const READERS: usize = 4;
 // bare `LIMIT ?` and then prepares the statement again whenever the parameter is bound anew —
 // once per page, an eighth of a replay's time (the plan is the same for any limit here).
 
+/// `select` of a job row's columns, in the order [`job_row`] reads them, from `jobs` and then
+/// the rest of the query. (They are read by position: rusqlite finds a column by name by
+/// scanning every column's name, a cost per field that showed in the read of each long-poll.)
+macro_rules! select_jobs {
+    ($rest:literal) => {
+        concat!(
+            "select id, function, kwargs, star, chunksize, timeout_s, max_attempts, on_error, ",
+            "priority, metadata, codec, max_concurrency, status, total, ingesting, done, failed, ",
+            "error, created_at, started_at, finished_at, request_hash from jobs ",
+            $rest
+        )
+    };
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     reader: Arc<Readers>,
@@ -92,7 +106,7 @@ impl SqliteStore {
             .reader
             .read(|conn| {
                 Ok(conn
-                    .prepare_cached("select * from jobs where id = ?1")?
+                    .prepare_cached(select_jobs!("where id = ?1"))?
                     .query_row([id.to_string()], job_row)
                     .optional()?)
             })
@@ -105,7 +119,7 @@ impl SqliteStore {
             .reader
             .read(|conn| {
                 Ok(conn
-                    .prepare_cached("select * from jobs where idempotency_key = ?1")?
+                    .prepare_cached(select_jobs!("where idempotency_key = ?1"))?
                     .query_row([key], job_row)
                     .optional()?)
             })
@@ -124,12 +138,11 @@ impl SqliteStore {
         let rows = self
             .reader
             .read_blocking(move |conn| {
-                let mut query = conn.prepare_cached(
-                    "select * from jobs
-                     where (?1 is null or status = ?1)
+                let mut query = conn.prepare_cached(select_jobs!(
+                    "where (?1 is null or status = ?1)
                        and (?2 is null or key < (select key from jobs where id = ?2))
-                     order by key desc limit +?3",
-                )?;
+                     order by key desc limit +?3"
+                ))?;
                 let rows = query.query_map(
                     params![
                         status.map(JobStatus::as_str),
@@ -187,10 +200,9 @@ impl SqliteStore {
             .reader
             .read_blocking(|conn| {
                 Ok(conn
-                    .prepare_cached(
-                        "select * from jobs where status in ('queued', 'running')
-                         order by priority desc, key",
-                    )?
+                    .prepare_cached(select_jobs!(
+                        "where status in ('queued', 'running') order by priority desc, key"
+                    ))?
                     .query_map([], job_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?)
             })
@@ -333,31 +345,31 @@ const DONE_FAILED_CHUNKS: &str = "select group_concat(start || ' ' || size || ' 
                                     where job = (select key from jobs where id = ?1) and start <= ?2), 0)
            order by start limit +?3)";
 
-/// A row of `jobs`, read by column name (queries select `*`).
+/// A row of `jobs` as `select_jobs!` selects it, read by position.
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
-        id: row.get("id")?,
-        function: row.get("function")?,
-        kwargs: row.get("kwargs")?,
-        star: row.get("star")?,
-        chunksize: row.get("chunksize")?,
-        timeout_s: row.get("timeout_s")?,
-        max_attempts: row.get("max_attempts")?,
-        on_error: row.get("on_error")?,
-        priority: row.get("priority")?,
-        metadata: row.get("metadata")?,
-        codec: row.get("codec")?,
-        max_concurrency: row.get("max_concurrency")?,
-        status: row.get("status")?,
-        total: row.get("total")?,
-        ingesting: row.get("ingesting")?,
-        done: row.get("done")?,
-        failed: row.get("failed")?,
-        error: row.get("error")?,
-        created_at: row.get("created_at")?,
-        started_at: row.get("started_at")?,
-        finished_at: row.get("finished_at")?,
-        request_hash: row.get("request_hash")?,
+        id: row.get(0)?,
+        function: row.get(1)?,
+        kwargs: row.get(2)?,
+        star: row.get(3)?,
+        chunksize: row.get(4)?,
+        timeout_s: row.get(5)?,
+        max_attempts: row.get(6)?,
+        on_error: row.get(7)?,
+        priority: row.get(8)?,
+        metadata: row.get(9)?,
+        codec: row.get(10)?,
+        max_concurrency: row.get(11)?,
+        status: row.get(12)?,
+        total: row.get(13)?,
+        ingesting: row.get(14)?,
+        done: row.get(15)?,
+        failed: row.get(16)?,
+        error: row.get(17)?,
+        created_at: row.get(18)?,
+        started_at: row.get(19)?,
+        finished_at: row.get(20)?,
+        request_hash: row.get(21)?,
     })
 }
 
