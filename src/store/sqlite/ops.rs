@@ -87,12 +87,12 @@ struct Counted {
     started: Option<String>,
 }
 
-/// Job starts and chunk records, in the order sent, a prepared statement each (the writer
-/// drives SQLite directly: a statement costs no hand-off, and binding a record's outcomes
-/// as a parameter spares SQLite a JSON parse). A chunk already recorded (after a restart ran
-/// it again) or of a job that ended is skipped. Then each job's row changes once, by one
-/// count: its start (a short job's usually comes in the same batch as its chunk's record) and
-/// what was marked.
+/// Job starts and chunk records, in the order sent: each record is a prepared statement (the
+/// writer drives SQLite directly: a statement costs no hand-off, and binding a record's
+/// outcomes as a parameter spares SQLite a JSON parse), each start is only noted. A chunk
+/// already recorded (after a restart ran it again) or of a job that ended is skipped. Then
+/// each job's row changes once, by one count: its start (a short job's usually comes in the
+/// same batch as its chunk's record) and what was marked.
 fn record_progress(conn: &Connection, run: &[&Op], next_seq: &mut u64) -> Result<Vec<Outcome>> {
     let mut counted: HashMap<JobId, Counted> = HashMap::new();
     for op in run {
